@@ -1,0 +1,10 @@
+"""fastload: a faster, safer drop-in for ``torch.utils.data.DataLoader``."""
+
+from torch.utils.data import get_worker_info
+
+from .collate import default_collate, default_convert
+from .loader import DataLoader
+from .pool import WorkerDiedError
+
+__all__ = ["DataLoader", "WorkerDiedError", "default_collate", "default_convert", "get_worker_info"]
+__version__ = "0.1.0"

@@ -1,0 +1,218 @@
+"""The two ways one epoch of a ``fastload.DataLoader`` runs: in-process, or over a pool.
+
+Both mirror torch's ``_BaseDataLoaderIter`` contract: the sampler iterator is created
+first, then the per-epoch ``base_seed`` is drawn from the loader's ``generator`` (so
+shuffling with the same generator seed gives torch's order), ``len()`` is the index
+sampler's length, and an ``IterableDataset`` yielding more than its ``len()`` warns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .fetch import EndOfData, SampleFetcher
+from .pool.pool import Received, WorkerPool
+
+if TYPE_CHECKING:
+    from .loader import DataLoader
+
+
+def draw_base_seed(generator: torch.Generator | None) -> int:
+    """The per-epoch seed torch's DataLoader draws (same call, same generator use)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+@dataclass
+class PoolLease:
+    """The pool an epoch runs on, and who is responsible for it."""
+
+    pool: WorkerPool
+    #: the iterator shuts the pool down at the end of its epoch
+    owned: bool
+    #: the pool was just started (its workers already run this epoch's seed)
+    fresh: bool
+    #: called after the pool failed and was shut down
+    on_failure: Callable[[], None]
+
+
+class LoaderIterator:
+    """Common part: sampler, base seed, length and the IterableDataset length check."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._dataset = loader.dataset
+        self._iterable = loader._is_iterable
+        self._index_sampler = loader._index_sampler
+        self._len_reported = loader._IterableDataset_len_called
+        self._sampler_iter = iter(self._index_sampler)
+        self._base_seed = draw_base_seed(loader.generator)
+        self._num_yielded = 0
+
+    def __iter__(self) -> LoaderIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index_sampler)
+
+    def __next__(self) -> Any:
+        data = self._next_data()
+        self._num_yielded += 1
+        if self._iterable and self._len_reported is not None and self._num_yielded > self._len_reported:
+            warnings.warn(
+                f"Length of IterableDataset {self._dataset} was reported to be {self._len_reported} "
+                f"(when accessing len(dataloader)), but {self._num_yielded} samples have been fetched. "
+                "With several workers, each worker must yield its own shard "
+                "(use fastload.get_worker_info() inside __iter__).",
+                stacklevel=2,
+            )
+        return data
+
+    def _next_data(self) -> Any:
+        raise NotImplementedError
+
+    def __getstate__(self) -> None:
+        raise TypeError(f"{type(self).__name__} cannot be pickled")
+
+
+class InProcessIterator(LoaderIterator):
+    """``num_workers=0``: samples are fetched and collated in the calling thread."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        super().__init__(loader)
+        self._collate_fn = loader.collate_fn
+        self._fetcher = SampleFetcher(
+            self._dataset,
+            iterable=self._iterable,
+            auto_collation=loader._auto_collation,
+            drop_last=loader.drop_last,
+            seed_per_sample=loader.seed_per_sample,
+            restore_rng=True,
+        )
+        self._fetcher.start_epoch(self._base_seed)
+
+    def _next_data(self) -> Any:
+        task = next(self._sampler_iter)
+        try:
+            samples = self._fetcher.fetch(task)
+        except EndOfData:
+            raise StopIteration from None
+        except Exception as exc:
+            if self._fetcher.current_index is not None:
+                exc.add_note(f"(fastload: raised while fetching sample index {self._fetcher.current_index!r})")
+            raise
+        return self._collate_fn(samples)
+
+
+class PoolIterator(LoaderIterator):
+    """``num_workers>0``: tasks go to a :class:`WorkerPool`; answers come back in order.
+
+    Up to ``prefetch_factor * num_workers`` tasks are outstanding. With ``in_order``
+    tasks go round-robin to the active workers and answers are yielded in task order;
+    without it, to the least loaded worker, and answers are yielded as they arrive.
+    A pool that fails (dead worker, timeout, interrupt) is shut down before the error
+    propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
+    """
+
+    def __init__(self, loader: DataLoader, lease_pool: Callable[[int], PoolLease]) -> None:
+        super().__init__(loader)
+        lease = lease_pool(self._base_seed)
+        pool = self._pool = lease.pool
+        self._owns_pool = lease.owned
+        self._on_pool_failure = lease.on_failure
+        self._timeout = loader.timeout if loader.timeout > 0 else None
+        self._in_order = loader.in_order
+        self._max_outstanding = loader.prefetch_factor * pool.num_workers
+        self._worker_cycle = itertools.cycle(range(pool.num_workers))
+        self._first_task = pool.next_task_id
+        self._next_to_yield = self._first_task
+        self._task_worker: dict[int, int] = {}  # sent, not yet answered
+        self._answers: dict[int, Received] = {}  # answered out of order
+        self._load = [0] * pool.num_workers
+        self._sampler_done = False
+        try:
+            if not lease.fresh:
+                pool.reactivate()
+                pool.start_epoch(self._base_seed, self._first_task)
+            for _ in range(self._max_outstanding):
+                self._dispatch()
+        except BaseException:
+            self._fail()
+            raise
+
+    def _dispatch(self) -> None:
+        if self._sampler_done or len(self._task_worker) >= self._max_outstanding:
+            return
+        worker_id = self._choose_worker()
+        if worker_id is None:
+            return
+        try:
+            indices = next(self._sampler_iter)
+        except StopIteration:
+            self._sampler_done = True
+            return
+        task_id = self._pool.next_task_id
+        self._pool.next_task_id += 1
+        self._pool.send_task(worker_id, task_id, indices)
+        self._task_worker[task_id] = worker_id
+        self._load[worker_id] += 1
+
+    def _choose_worker(self) -> int | None:
+        active = [w for w in range(self._pool.num_workers) if self._pool.is_active(w)]
+        if not active:
+            return None
+        if not self._in_order:
+            worker_id = min(active, key=lambda w: self._load[w])
+            return worker_id if self._load[worker_id] < self._max_outstanding // len(active) else None
+        for _ in range(self._pool.num_workers):
+            worker_id = next(self._worker_cycle)
+            if self._pool.is_active(worker_id):
+                return worker_id
+        return None
+
+    def _next_data(self) -> Any:
+        while True:
+            answer = self._next_answer()
+            if answer is None:
+                self._end_epoch()
+                raise StopIteration
+            self._load[answer.worker_id] -= 1
+            self._dispatch()
+            if answer.kind == "batch":
+                return answer.value
+            if answer.kind == "error":
+                answer.value.reraise()
+            # "end": that worker's iterable dataset is exhausted for this epoch
+            self._pool.retire_worker(answer.worker_id)
+
+    def _next_answer(self) -> Received | None:
+        """The next answer to yield, or None when the epoch is over."""
+        while True:
+            if self._in_order and self._next_to_yield in self._answers:
+                self._next_to_yield += 1
+                return self._answers.pop(self._next_to_yield - 1)
+            if not self._task_worker:
+                if self._answers:  # only reachable out of order
+                    return self._answers.pop(min(self._answers))
+                return None
+            try:
+                answer = self._pool.receive(self._timeout)
+            except BaseException:
+                self._fail()
+                raise
+            del self._task_worker[answer.task_id]
+            if not self._in_order:
+                return answer
+            self._answers[answer.task_id] = answer
+
+    def _end_epoch(self) -> None:
+        if self._owns_pool:
+            self._pool.shutdown()
+
+    def _fail(self) -> None:
+        self._pool.shutdown()
+        self._on_pool_failure()

@@ -1,0 +1,182 @@
+"""The slot arena: reusable shared-memory buffers that batches are built in.
+
+NOTE [ Slot protocol ]
+
+A *slot* is an anonymous shared-memory file (``memfd_create``) of a fixed capacity.
+Slots are created by the worker that fills them (it is the one that knows how many
+bytes a batch needs) and are numbered per worker.
+
+1. A worker picks a free slot large enough for the batch (or creates one), writes every
+   tensor leaf of the batch into it, and sends the main process a small message: the slot
+   id, the layout of the leaves and the pickled non-tensor rest. The first time a slot
+   is used, its file descriptor follows the message over the same Unix socket
+   (SCM_RIGHTS); the main process maps it once and closes the descriptor.
+2. The main process wraps the used part of the slot as one numpy array, the *lease*, and
+   builds every tensor of the batch as a view of it. ``weakref.finalize`` on the lease
+   fires when the last tensor (or view, or numpy alias) of the batch dies, whatever
+   thread drops it, and queues ``(worker_id, slot_id)`` as released.
+3. Released slot ids ride on the next task sent to that worker. Only then does the
+   worker put the slot back on its free list. So a slot is never rewritten while the
+   user holds any part of the batch that lives in it: keeping every batch of an epoch
+   works, it only costs memory (the worker then creates more slots).
+4. A worker *retires* slots it no longer wants (too small for the batches it now builds,
+   or more free slots than it can use) and says so in its next message; both sides drop
+   their mapping. Memory of a retired slot is returned once the last lease dies.
+
+Because slots are memfds and never have a name, nothing appears in /dev/shm and nothing
+can be leaked by a crash, even SIGKILL of the main process: the kernel frees a slot
+when the last process mapping it exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Leaves start at multiples of this: keeps every dtype aligned and SIMD loads happy.
+LEAF_ALIGNMENT = 64
+#: Slot capacities are rounded up to this, so that slightly varying batches reuse slots.
+SLOT_GRANULE = 1 << 20
+
+
+def align_up(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+@dataclass
+class _Slot:
+    capacity: int
+    buffer: mmap.mmap
+    fd: int | None  # open until the main process has received it
+
+
+@dataclass
+class AcquiredSlot:
+    """What a worker gets to write a batch into."""
+
+    slot_id: int
+    buffer: mmap.mmap
+    capacity: int
+    #: the descriptor to send with this message (first use of the slot), else None
+    new_fd: int | None
+
+
+@dataclass
+class WorkerSlots:
+    """A worker's own slots: creates, reuses and retires them (worker side of the protocol).
+
+    ``max_free`` bounds how many unused slots a worker keeps mapped; beyond it, released
+    slots are retired, so memory returns to the system after the user drops a pile of
+    batches it had kept.
+    """
+
+    min_capacity: int
+    max_free: int
+    _slots: dict[int, _Slot] = field(default_factory=dict)
+    _free: set[int] = field(default_factory=set)
+    _retired: list[int] = field(default_factory=list)
+    _next_id: int = 0
+
+    def acquire(self, nbytes: int) -> AcquiredSlot:
+        """A free slot of at least ``nbytes``, created if none fits; marks it in use."""
+        fitting = [s for s in self._free if self._slots[s].capacity >= nbytes]
+        if fitting:
+            slot_id = min(fitting, key=lambda s: self._slots[s].capacity)
+            self._free.discard(slot_id)
+            slot = self._slots[slot_id]
+            return AcquiredSlot(slot_id, slot.buffer, slot.capacity, None)
+        # Free slots too small for this batch would likely stay too small: retire them
+        # instead of growing the arena beside them.
+        for slot_id in list(self._free):
+            self._retire(slot_id)
+        capacity = align_up(max(nbytes, self.min_capacity), SLOT_GRANULE)
+        fd = os.memfd_create(f"fastload-slot-{os.getpid()}-{self._next_id}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, capacity)
+            buffer = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+        slot_id = self._next_id
+        self._next_id += 1
+        self._slots[slot_id] = _Slot(capacity, buffer, fd)
+        return AcquiredSlot(slot_id, buffer, capacity, fd)
+
+    def sent(self, slot_id: int) -> None:
+        """The main process now holds the slot's descriptor; ours is no longer needed."""
+        slot = self._slots[slot_id]
+        if slot.fd is not None:
+            os.close(slot.fd)
+            slot.fd = None
+
+    def release(self, slot_ids: list[int]) -> None:
+        """The main process no longer references these slots: they may be rewritten."""
+        for slot_id in slot_ids:
+            if slot_id in self._slots:
+                self._free.add(slot_id)
+        while len(self._free) > self.max_free:
+            self._retire(min(self._free, key=lambda s: self._slots[s].capacity))
+
+    def release_unsent(self, slot_id: int) -> None:
+        """A slot was acquired but its batch never left the worker (e.g. an error)."""
+        self._free.add(slot_id)
+
+    def take_retired(self) -> list[int]:
+        """Slots retired since the last message; the main process must drop them."""
+        retired, self._retired = self._retired, []
+        return retired
+
+    def _retire(self, slot_id: int) -> None:
+        self._free.discard(slot_id)
+        slot = self._slots.pop(slot_id)
+        if slot.fd is not None:
+            os.close(slot.fd)
+        slot.buffer.close()
+        self._retired.append(slot_id)
+
+
+class SlotTable:
+    """The main process's side: maps of every worker's slots, and leases on them.
+
+    Thread-safety: ``lease`` / ``map`` / ``retire`` / ``take_released`` run on the
+    iterating thread; lease finalizers may run on any thread and only append to a deque.
+    """
+
+    def __init__(self) -> None:
+        self._maps: dict[tuple[int, int], mmap.mmap] = {}
+        self._released: collections.deque[tuple[int, int]] = collections.deque()
+        self._pending: dict[int, list[int]] = {}
+
+    def map(self, worker_id: int, slot_id: int, fd: int, capacity: int) -> None:
+        try:
+            self._maps[(worker_id, slot_id)] = mmap.mmap(fd, capacity)
+        finally:
+            os.close(fd)
+
+    def retire(self, worker_id: int, slot_ids: list[int]) -> None:
+        # Leases still alive keep their mmap object (and so the memory) alive.
+        for slot_id in slot_ids:
+            self._maps.pop((worker_id, slot_id), None)
+
+    def forget_worker(self, worker_id: int) -> None:
+        """Drop all maps of a worker that is gone; batches the user holds stay valid."""
+        for key in [k for k in self._maps if k[0] == worker_id]:
+            del self._maps[key]
+
+    def lease(self, worker_id: int, slot_id: int, nbytes: int) -> np.ndarray:
+        """A uint8 view of the first ``nbytes`` of a slot whose death releases the slot."""
+        lease = np.frombuffer(self._maps[(worker_id, slot_id)], dtype=np.uint8, count=nbytes)
+        weakref.finalize(lease, self._released.append, (worker_id, slot_id))
+        return lease
+
+    def take_released(self, worker_id: int) -> list[int]:
+        """Slots of ``worker_id`` released since the last call for that worker."""
+        while self._released:
+            other, slot_id = self._released.popleft()
+            self._pending.setdefault(other, []).append(slot_id)
+        return self._pending.pop(worker_id, [])

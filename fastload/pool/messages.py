@@ -1,0 +1,65 @@
+"""The messages between the main process and a worker (pickled, one per socket write).
+
+main → worker: :class:`Task`, :class:`StartEpoch`, :class:`Stop`. Each of the first two
+carries the ids of slots the main process has released since its last message to that
+worker (see NOTE [ Slot protocol ] in ``arena.py``).
+
+worker → main: exactly one of :class:`Batch`, :class:`Error`, :class:`EndOfData` per
+task, in task order per worker. A :class:`Batch` whose ``new_slot_capacity`` is set is
+followed on the socket by the slot's file descriptor (SCM_RIGHTS). An :class:`Error`
+with ``task_id=None`` means the worker could not start (or restart) its epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch._utils import ExceptionWrapper
+
+from .batch_codec import LayoutEntry
+
+
+@dataclass
+class Task:
+    task_id: int
+    #: a batch of indices, one index, or for an iterable dataset a batch-sized placeholder
+    indices: Any
+    released: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StartEpoch:
+    """Re-create the iterable dataset's iterator and use a new per-sample base seed."""
+
+    base_seed: int
+    released: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Stop:
+    pass
+
+
+@dataclass
+class Batch:
+    task_id: int
+    slot_id: int | None
+    new_slot_capacity: int | None
+    retired: list[int]
+    nbytes: int
+    layout: list[LayoutEntry]
+    skeleton: bytes
+
+
+@dataclass
+class Error:
+    task_id: int | None
+    error: ExceptionWrapper
+    index: Any
+
+
+@dataclass
+class EndOfData:
+    task_id: int
+    retired: list[int]

@@ -1,0 +1,295 @@
+"""WorkerPool: the worker processes, their sockets and slots, as one unit.
+
+NOTE [ Pool shutdown ]
+
+``shutdown()`` is idempotent and runs from: the end of an epoch (non-persistent pools),
+the iterator's or loader's finalizer (``del``, early ``break`` then garbage collection),
+interpreter exit (``weakref.finalize`` runs at exit), and any error path (a dead worker,
+a timeout, KeyboardInterrupt). Order:
+
+1. send ``Stop`` to every worker still alive (a worker blocked in a long
+   ``__getitem__`` reads it when done);
+2. join each worker for a short grace period, then SIGTERM, then SIGKILL: shutdown
+   never hangs on a stuck worker;
+3. close the sockets. Slot maps held by live batches stay valid: batches the user keeps
+   outlive the pool (see NOTE [ Slot protocol ] in ``arena.py``).
+
+Workers also exit on their own when the main process dies (NOTE [ Worker lifecycle ]
+in ``worker.py``), and slots are anonymous memfds, so even SIGKILL of the main process
+leaves neither processes nor /dev/shm entries behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import reduction
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from . import messages
+from .arena import SlotTable
+from .batch_codec import unpack_batch
+from .worker import WorkerConfig, worker_main
+
+#: Seconds a stopping worker gets before SIGTERM, and again before SIGKILL.
+STOP_GRACE = 2.0
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process exited while the main process waited for its batches.
+
+    Attributes: ``worker_id``, ``pid``, ``exitcode``, ``signal`` (``None`` if it was not
+    killed by a signal) and ``indices``: the sample indices of the tasks it held.
+    """
+
+    def __init__(self, worker_id: int, pid: int, exitcode: int, indices: list[Any]) -> None:
+        self.worker_id = worker_id
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode < 0 else None
+        self.indices = indices
+        if self.signal is not None:
+            how = f"was killed by signal {self.signal} ({signal.Signals(self.signal).name})"
+        else:
+            how = f"exited unexpectedly with exit code {exitcode}"
+        hint = " (killed by the kernel's OOM killer? check `dmesg`)" if self.signal == signal.SIGKILL else ""
+        super().__init__(
+            f"DataLoader worker {worker_id} (pid {pid}) {how}{hint} while holding sample indices {indices}"
+        )
+
+
+@dataclass
+class Received:
+    """One answer to one task, as the iterator sees it."""
+
+    task_id: int
+    worker_id: int
+    kind: str  # "batch" | "error" | "end"
+    value: Any = None  # the batch, or the ExceptionWrapper
+    index: Any = None  # for errors: the sample index at fault, if known
+
+
+@dataclass
+class PoolConfig:
+    """The loader settings a pool's workers run with."""
+
+    dataset: Any
+    num_workers: int
+    iterable: bool
+    auto_collation: bool
+    drop_last: bool
+    collate_fn: Callable[[Any], Any]
+    collate_in_slot: bool
+    worker_init_fn: Callable[[int], None] | None
+    seed_per_sample: bool
+    min_slot_bytes: int
+    max_free_slots: int
+
+
+class WorkerPool:
+    """``num_workers`` processes that answer tasks with batches in shared-memory slots.
+
+    Not thread-safe: one thread iterates. Tasks are answered per worker in the order
+    they were sent to it; across workers, in any order.
+    """
+
+    def __init__(self, config: PoolConfig, context: multiprocessing.context.BaseContext, base_seed: int) -> None:
+        self.config = config
+        self.slots = SlotTable()
+        self._conns: list[Connection] = []
+        self._socks: list[socket.socket] = []
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        #: task_id -> indices, per worker: what a worker holds, for error messages
+        self.outstanding: list[dict[int, Any]] = [dict() for _ in range(config.num_workers)]
+        #: task ids increase over the pool's life, across epochs
+        self.next_task_id = 0
+        #: answers with a task id below this belong to an abandoned epoch and are dropped
+        self._current_floor = 0
+        self._alive = [True] * config.num_workers
+        self._closed = False
+        die_with_parent = threading.current_thread() is threading.main_thread()
+        try:
+            for worker_id in range(config.num_workers):
+                self._start_worker(worker_id, context, base_seed, die_with_parent)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
+
+    def _start_worker(self, worker_id: int, context: Any, base_seed: int, die_with_parent: bool) -> None:
+        cfg = self.config
+        main_end, worker_end = context.Pipe(duplex=True)
+        worker_config = WorkerConfig(
+            worker_id=worker_id,
+            num_workers=cfg.num_workers,
+            dataset=cfg.dataset,
+            iterable=cfg.iterable,
+            auto_collation=cfg.auto_collation,
+            drop_last=cfg.drop_last,
+            collate_fn=cfg.collate_fn,
+            collate_in_slot=cfg.collate_in_slot,
+            worker_init_fn=cfg.worker_init_fn,
+            base_seed=base_seed,
+            seed_per_sample=cfg.seed_per_sample,
+            min_slot_bytes=cfg.min_slot_bytes,
+            max_free_slots=cfg.max_free_slots,
+            die_with_parent=die_with_parent,
+        )
+        process = context.Process(
+            target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
+        )
+        self._conns.append(main_end)
+        self._socks.append(socket.socket(fileno=os.dup(main_end.fileno())))
+        self._processes.append(process)
+        process.start()
+        worker_end.close()  # so that later workers do not inherit it
+
+    @property
+    def num_workers(self) -> int:
+        return self.config.num_workers
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def is_active(self, worker_id: int) -> bool:
+        return self._alive[worker_id]
+
+    def send_task(self, worker_id: int, task_id: int, indices: Any) -> None:
+        self._send(worker_id, messages.Task(task_id, indices, self.slots.take_released(worker_id)))
+        self.outstanding[worker_id][task_id] = indices
+
+    def start_epoch(self, base_seed: int, first_task_id: int) -> None:
+        """Begin a new epoch on a persistent pool; answers to older tasks will be dropped."""
+        self._current_floor = first_task_id
+        for worker_id in range(self.num_workers):
+            if self._processes[worker_id].is_alive():
+                self._send(worker_id, messages.StartEpoch(base_seed, self.slots.take_released(worker_id)))
+
+    def _send(self, worker_id: int, message: Any) -> None:
+        try:
+            self._conns[worker_id].send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker is dead; receive() reports it with its exit status
+
+    def receive(self, timeout: float | None) -> Received:
+        """The next answer from any worker. Raises ``WorkerDiedError`` or, after
+        ``timeout`` seconds without an answer, ``RuntimeError`` (torch's message)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            waiting = [w for w in range(self.num_workers) if self._alive[w] and self.outstanding[w]]
+            if not waiting:
+                raise RuntimeError("fastload internal error: waiting for a batch while no task is outstanding")
+            handles: list[Any] = [self._conns[w] for w in waiting]
+            handles += [self._processes[w].sentinel for w in waiting]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait(handles, remaining)
+            if not ready:
+                raise RuntimeError(f"DataLoader timed out after {timeout} seconds")
+            for worker_id in waiting:
+                conn = self._conns[worker_id]
+                if conn in ready or (self._processes[worker_id].sentinel in ready and conn.poll(0)):
+                    received = self._read(worker_id)
+                    if received is not None:
+                        return received
+                    break
+                if self._processes[worker_id].sentinel in ready:
+                    self._report_death(worker_id)
+
+    def _read(self, worker_id: int) -> Received | None:
+        try:
+            message = pickle.loads(self._conns[worker_id].recv_bytes())
+        except (EOFError, ConnectionResetError):
+            self._processes[worker_id].join(STOP_GRACE)
+            self._report_death(worker_id)
+        if isinstance(message, messages.Error) and message.task_id is None:
+            self._alive[worker_id] = False
+            message.error.reraise()
+        self.outstanding[worker_id].pop(message.task_id, None)
+        if isinstance(message, messages.Batch):
+            batch = self._unpack(worker_id, message)
+            if message.task_id < self._current_floor:
+                return None  # dropping it releases its slot
+            return Received(message.task_id, worker_id, "batch", batch)
+        self.slots.retire(worker_id, message.retired if isinstance(message, messages.EndOfData) else [])
+        if message.task_id < self._current_floor:
+            return None
+        if isinstance(message, messages.Error):
+            return Received(message.task_id, worker_id, "error", message.error, message.index)
+        return Received(message.task_id, worker_id, "end")
+
+    def _unpack(self, worker_id: int, message: messages.Batch) -> Any:
+        if message.new_slot_capacity is not None:
+            fds = reduction.recvfds(self._socks[worker_id], 1)
+            self.slots.map(worker_id, message.slot_id, fds[0], message.new_slot_capacity)
+        self.slots.retire(worker_id, message.retired)
+        lease: np.ndarray | None = None
+        if message.slot_id is not None:
+            lease = self.slots.lease(worker_id, message.slot_id, message.nbytes)
+        return unpack_batch(message.skeleton, message.layout, lease)
+
+    def _report_death(self, worker_id: int) -> None:
+        process = self._processes[worker_id]
+        process.join(STOP_GRACE)
+        self._alive[worker_id] = False
+        indices = [i for task in self.outstanding[worker_id].values() for i in _as_list(task)]
+        raise WorkerDiedError(worker_id, process.pid, process.exitcode, indices)
+
+    def retire_worker(self, worker_id: int) -> None:
+        """Stop sending to a worker that has exhausted its iterable dataset this epoch."""
+        self._alive[worker_id] = False
+
+    def reactivate(self) -> None:
+        """All workers take tasks again (a new epoch of a persistent iterable pool)."""
+        self._alive = [p.is_alive() for p in self._processes]
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+        else:
+            _shutdown_processes(self._processes, self._conns, self._socks)
+
+
+def _as_list(indices: Any) -> list[Any]:
+    return list(indices) if isinstance(indices, (list, tuple)) else [indices]
+
+
+def _shutdown_processes(processes: list[Any], conns: list[Connection], socks: list[socket.socket]) -> None:
+    """See NOTE [ Pool shutdown ]. Module-level so that the finalizer holds no pool."""
+    stop = pickle.dumps(messages.Stop())
+    for process, conn in zip(processes, conns):
+        if process.is_alive():
+            try:
+                conn.send_bytes(stop)
+            except (OSError, ValueError):
+                pass
+    deadline = time.monotonic() + STOP_GRACE
+    for process in processes:
+        if process.pid is not None:
+            process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.pid is not None and process.is_alive():
+            process.terminate()
+            process.join(STOP_GRACE)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    for conn in conns:
+        conn.close()
+    for sock in socks:
+        sock.close()

@@ -1,0 +1,197 @@
+"""The worker process: fetch samples, collate into a slot, report.
+
+NOTE [ Worker lifecycle ]
+
+* Start: ignore SIGINT (Ctrl-C is the main process's to handle: it shuts the pool
+  down), one intra-op thread (see ENVIRONMENT.md: OpenMP regions in a forked child
+  can hang), seed ``random``/``numpy``/``torch`` exactly as torch seeds its workers
+  (``base_seed + worker_id``), publish ``torch.utils.data.get_worker_info()``, run
+  ``worker_init_fn``.
+* Loop: wait for a message from the main process (see ``messages.py``) and answer every
+  task with exactly one message: a batch, an error, or end-of-data. Errors in the dataset
+  or collate function are reported and the worker carries on, like torch's.
+* Parent death: the worker polls its socket with a timeout and exits as soon as its
+  parent is gone (``os.getppid()`` changed, as torch's watchdog checks); where the pool
+  was created on the main thread, ``PR_SET_PDEATHSIG`` makes the kernel kill it at once.
+* Stop: on a ``stop`` message, on EOF of the socket, or on a failed send.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import socket
+from dataclasses import dataclass
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch._utils import ExceptionWrapper
+from torch.utils.data._utils import worker as torch_worker
+
+from ..collate import deferred_collate
+from ..fetch import EndOfData, SampleFetcher, seed_global_rngs
+from . import messages
+from .arena import WorkerSlots
+from .batch_codec import pack_batch
+
+#: How often an idle worker checks that its parent is alive (seconds).
+PARENT_CHECK_INTERVAL = 0.25
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs; pickled once per worker under spawn/forkserver."""
+
+    worker_id: int
+    num_workers: int
+    dataset: Any
+    iterable: bool
+    auto_collation: bool
+    drop_last: bool
+    collate_fn: Callable[[Any], Any]
+    #: collate with ``deferred_collate`` so that the batch is stacked straight into a slot
+    collate_in_slot: bool
+    worker_init_fn: Callable[[int], None] | None
+    base_seed: int
+    seed_per_sample: bool
+    min_slot_bytes: int
+    max_free_slots: int
+    die_with_parent: bool
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the polling check still applies
+        pass
+
+
+def _seed_like_torch(base_seed: int, worker_id: int) -> int:
+    seed = base_seed + worker_id
+    seed_global_rngs(seed)
+    np.random.seed(torch_worker._generate_state(base_seed, worker_id))
+    return seed
+
+
+def worker_main(config: WorkerConfig, conn: Connection) -> None:
+    """Entry point of a worker process (module level, so spawn can import it)."""
+    parent_pid = os.getppid()
+    if config.die_with_parent:
+        _set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    # SCM_RIGHTS needs a socket object; it shares the connection's descriptor.
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        _WorkerLoop(config, conn, sock, parent_pid).run()
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the main process went away: nothing to report to
+    finally:
+        sock.close()
+
+
+class _WorkerLoop:
+    def __init__(self, config: WorkerConfig, conn: Connection, sock: socket.socket, parent_pid: int) -> None:
+        self.config = config
+        self.conn = conn
+        self.sock = sock
+        self.parent_pid = parent_pid
+        self.slots = WorkerSlots(config.min_slot_bytes, config.max_free_slots)
+        self.fetcher = SampleFetcher(
+            config.dataset,
+            iterable=config.iterable,
+            auto_collation=config.auto_collation,
+            drop_last=config.drop_last,
+            seed_per_sample=config.seed_per_sample,
+            restore_rng=False,
+        )
+        self.where = f"DataLoader worker {config.worker_id} (pid {os.getpid()})"
+
+    def run(self) -> None:
+        config = self.config
+        seed = _seed_like_torch(config.base_seed, config.worker_id)
+        torch_worker._worker_info = torch_worker.WorkerInfo(
+            id=config.worker_id, num_workers=config.num_workers, seed=seed, dataset=config.dataset
+        )
+        try:
+            if config.worker_init_fn is not None:
+                config.worker_init_fn(config.worker_id)
+            self.fetcher.start_epoch(config.base_seed)
+        except Exception:
+            wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
+            self._send(messages.Error(None, wrapper, None))
+            return
+        while True:
+            message = self._receive()
+            if message is None or isinstance(message, messages.Stop):
+                return
+            self.slots.release(message.released)
+            if isinstance(message, messages.StartEpoch):
+                self._start_epoch(message)
+            else:
+                self._run_task(message)
+
+    def _receive(self) -> Any:
+        while not self.conn.poll(PARENT_CHECK_INTERVAL):
+            if os.getppid() != self.parent_pid:
+                return None
+        return pickle.loads(self.conn.recv_bytes())
+
+    def _start_epoch(self, message: messages.StartEpoch) -> None:
+        try:
+            self.fetcher.start_epoch(message.base_seed)
+        except Exception:
+            wrapper = ExceptionWrapper(where=f"{self.where} while calling iter(dataset)")
+            self._send(messages.Error(None, wrapper, None))
+
+    def _run_task(self, task: messages.Task) -> None:
+        try:
+            samples = self.fetcher.fetch(task.indices)
+        except EndOfData:
+            self._send(messages.EndOfData(task.task_id, self.slots.take_retired()))
+            return
+        except Exception as exc:
+            self._send_error(task, exc, self.fetcher.current_index)
+            return
+        try:
+            if self.config.collate_in_slot:
+                batch = deferred_collate(samples)
+            else:
+                batch = self.config.collate_fn(samples)
+            packed = pack_batch(batch, self.slots)
+        except Exception as exc:
+            self._send_error(task, exc, None)
+            return
+        slot = packed.slot
+        self._send(
+            messages.Batch(
+                task_id=task.task_id,
+                slot_id=None if slot is None else slot.slot_id,
+                new_slot_capacity=None if slot is None or slot.new_fd is None else slot.capacity,
+                retired=self.slots.take_retired(),
+                nbytes=packed.nbytes,
+                layout=packed.layout,
+                skeleton=packed.skeleton,
+            )
+        )
+        if slot is not None and slot.new_fd is not None:
+            reduction.sendfds(self.sock, [slot.new_fd])
+            self.slots.sent(slot.slot_id)
+
+    def _send_error(self, task: messages.Task, exc: BaseException, index: Any) -> None:
+        if index is None:
+            where = f"{self.where} while building the batch of task {task.task_id}"
+        else:
+            where = f"{self.where} while fetching sample index {index!r}"
+        wrapper = ExceptionWrapper(exc_info=(type(exc), exc, exc.__traceback__), where=where)
+        self._send(messages.Error(task.task_id, wrapper, index))
+
+    def _send(self, message: Any) -> None:
+        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
