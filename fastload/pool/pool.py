@@ -116,7 +116,8 @@ class WorkerPool:
         self.next_task_id = 0
         #: answers with a task id below this belong to an abandoned epoch and are dropped
         self._current_floor = 0
-        self._alive = [True] * config.num_workers
+        #: whether a worker takes new tasks (not after its iterable dataset ran out)
+        self._accepting = [True] * config.num_workers
         self._closed = False
         die_with_parent = threading.current_thread() is threading.main_thread()
         try:
@@ -164,7 +165,7 @@ class WorkerPool:
         return [p.pid for p in self._processes if p.pid is not None]
 
     def is_active(self, worker_id: int) -> bool:
-        return self._alive[worker_id]
+        return self._accepting[worker_id]
 
     def send_task(self, worker_id: int, task_id: int, indices: Any) -> None:
         self._send(worker_id, messages.Task(task_id, indices, self.slots.take_released(worker_id)))
@@ -188,7 +189,7 @@ class WorkerPool:
         ``timeout`` seconds without an answer, ``RuntimeError`` (torch's message)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            waiting = [w for w in range(self.num_workers) if self._alive[w] and self.outstanding[w]]
+            waiting = [w for w in range(self.num_workers) if self.outstanding[w]]
             if not waiting:
                 raise RuntimeError("fastload internal error: waiting for a batch while no task is outstanding")
             handles: list[Any] = [self._conns[w] for w in waiting]
@@ -214,8 +215,7 @@ class WorkerPool:
             self._processes[worker_id].join(STOP_GRACE)
             self._report_death(worker_id)
         if isinstance(message, messages.Error) and message.task_id is None:
-            self._alive[worker_id] = False
-            message.error.reraise()
+            message.error.reraise()  # the worker could not start its epoch: the pool is unusable
         self.outstanding[worker_id].pop(message.task_id, None)
         if isinstance(message, messages.Batch):
             batch = self._unpack(worker_id, message)
@@ -242,17 +242,16 @@ class WorkerPool:
     def _report_death(self, worker_id: int) -> None:
         process = self._processes[worker_id]
         process.join(STOP_GRACE)
-        self._alive[worker_id] = False
         indices = [i for task in self.outstanding[worker_id].values() for i in _as_list(task)]
         raise WorkerDiedError(worker_id, process.pid, process.exitcode, indices)
 
     def retire_worker(self, worker_id: int) -> None:
         """Stop sending to a worker that has exhausted its iterable dataset this epoch."""
-        self._alive[worker_id] = False
+        self._accepting[worker_id] = False
 
     def reactivate(self) -> None:
         """All workers take tasks again (a new epoch of a persistent iterable pool)."""
-        self._alive = [p.is_alive() for p in self._processes]
+        self._accepting = [True] * self.num_workers
 
     def shutdown(self) -> None:
         if self._closed:

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+def dev_shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+# multiprocessing's own helpers, started once per interpreter by spawn/forkserver and kept
+# for its lifetime by design: not workers.
+_MP_HELPERS = (b"resource_tracker", b"forkserver")
+
+
+def _is_mp_helper(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return any(name in cmdline for name in _MP_HELPERS)
+
+
+def child_pids(parent: int | None = None) -> set[int]:
+    """Live (non-zombie) processes whose parent is ``parent`` (default: this process),
+    other than multiprocessing's resource tracker and fork server."""
+    parent = os.getpid() if parent is None else parent
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and not _is_mp_helper(entry):
+            pids.add(int(entry))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def no_leaks():
+    """Asserts that the test leaves no /dev/shm entry and no child process behind."""
+    import gc
+
+    shm_before = dev_shm_entries()
+    children_before = child_pids()
+    yield
+    gc.collect()
+    assert wait_until(lambda: child_pids() <= children_before), f"leftover processes: {child_pids() - children_before}"
+    assert dev_shm_entries() <= shm_before, f"leftover /dev/shm entries: {dev_shm_entries() - shm_before}"

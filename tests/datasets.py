@@ -1,0 +1,190 @@
+"""Datasets used by the tests. Module level, so that spawn/forkserver workers can import them."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from collections import namedtuple
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+Pair = namedtuple("Pair", ["x", "y"])
+
+
+class Squares(Dataset):
+    """Sample i: a tensor derived from i, its label, and a string: deterministic."""
+
+    def __init__(self, n: int = 40, shape: tuple[int, ...] = (3, 4)):
+        self.n = n
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.full(self.shape, float(i * i)), i, f"s{i}"
+
+
+class Mixed(Dataset):
+    """Every kind of leaf default_collate handles, nested."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int):
+        return {
+            "tensor": torch.arange(6, dtype=torch.float32).view(2, 3) + i,
+            "array": np.full((2, 2), i, dtype=np.int16),
+            "int": i,
+            "float": i / 3,
+            "str": f"item{i}",
+            "bytes": bytes([i]),
+            "pair": Pair(torch.tensor([i, -i]), np.float32(i) * 0.5),
+            "list": [i, torch.tensor(i, dtype=torch.bfloat16), np.bool_(i % 2)],
+            "empty": torch.empty(0, 3),
+        }
+
+
+class Ragged(Dataset):
+    """Sample i has i % 5 + 1 rows: shapes vary from batch to batch."""
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i: int):
+        return torch.arange((i % 5 + 1) * 4, dtype=torch.float64).view(-1, 4) + i
+
+
+class BigSamples(Dataset):
+    """Samples of ``mb`` MiB each."""
+
+    def __init__(self, n: int = 12, mb: float = 1.0):
+        self.n = n
+        self.numel = int(mb * (1 << 20)) // 4
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.full((self.numel,), float(i))
+
+
+class RandomAugment(Dataset):
+    """Draws from torch, numpy and random inside __getitem__ (an augmentation pipeline)."""
+
+    def __len__(self) -> int:
+        return 48
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i), torch.rand(()).item(), float(np.random.rand()), random.random()])
+
+
+class FailsAt(Dataset):
+    """Raises ValueError for one index."""
+
+    def __init__(self, bad: int, n: int = 32):
+        self.bad = bad
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i == self.bad:
+            raise ValueError(f"corrupt sample {i}")
+        return torch.tensor([i])
+
+
+class KillsItself(Dataset):
+    """The worker fetching index ``bad`` kills itself with ``sig``."""
+
+    def __init__(self, bad: int, sig: int, n: int = 64):
+        self.bad = bad
+        self.sig = sig
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i == self.bad and get_worker_info() is not None:
+            os.kill(os.getpid(), self.sig)
+            time.sleep(10)
+        return torch.tensor([i])
+
+
+class Slow(Dataset):
+    """Sleeps ``delay`` seconds per sample."""
+
+    def __init__(self, delay: float, n: int = 1000):
+        self.delay = delay
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        time.sleep(self.delay)
+        return torch.tensor([i])
+
+
+class Range(IterableDataset):
+    """Yields start..end-1, sharded across workers the way torch's documentation shows."""
+
+    def __init__(self, start: int, end: int):
+        self.start = start
+        self.end = end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is None:
+            lo, hi = self.start, self.end
+        else:
+            per_worker = int(math.ceil((self.end - self.start) / float(info.num_workers)))
+            lo = self.start + info.id * per_worker
+            hi = min(lo + per_worker, self.end)
+        return iter(torch.tensor([v]) for v in range(lo, hi))
+
+
+class WorkerInfoDataset(Dataset):
+    """Returns what get_worker_info() says inside the worker."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        info = get_worker_info()
+        import fastload
+
+        same = fastload.get_worker_info() is info
+        return {"id": info.id, "num_workers": info.num_workers, "seed": info.seed,
+                "dataset_is_self": type(info.dataset) is type(self), "same": same, "pid": os.getpid()}
+
+
+@dataclass
+class Record:
+    image: torch.Tensor
+    meta: dict
+
+
+def record_collate(samples):
+    """A custom collate_fn returning a dataclass holding a tensor, a numpy array and strings."""
+    images = torch.stack([s[0] for s in samples])
+    return Record(image=images, meta={"ids": np.array([s[1] for s in samples]), "names": [s[2] for s in samples]})
+
+
+def record_worker_init(worker_id: int) -> None:
+    os.environ["FASTLOAD_TEST_WORKER"] = str(worker_id)
+
+
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name
