@@ -214,5 +214,5 @@ class PoolIterator(LoaderIterator):
             self._pool.shutdown()
 
     def _fail(self) -> None:
-        self._pool.shutdown()
+        self._pool.shutdown(grace=0.0)
         self._on_pool_failure()

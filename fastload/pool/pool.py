@@ -42,7 +42,8 @@ from .arena import SlotTable
 from .batch_codec import unpack_batch
 from .worker import WorkerConfig, worker_main
 
-#: Seconds a stopping worker gets before SIGTERM, and again before SIGKILL.
+#: Seconds a stopping worker gets before SIGTERM, and again before SIGKILL. An idle
+#: worker exits at once; this only bounds one that is busy in ``__getitem__``.
 STOP_GRACE = 2.0
 
 
@@ -118,15 +119,15 @@ class WorkerPool:
         self._current_floor = 0
         #: whether a worker takes new tasks (not after its iterable dataset ran out)
         self._accepting = [True] * config.num_workers
-        self._closed = False
+        # Registered first: it sees the lists fill up, so a failed start is cleaned up too.
+        self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
         die_with_parent = threading.current_thread() is threading.main_thread()
         try:
             for worker_id in range(config.num_workers):
                 self._start_worker(worker_id, context, base_seed, die_with_parent)
         except BaseException:
-            self.shutdown()
+            self.shutdown(grace=0.0)
             raise
-        self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
 
     def _start_worker(self, worker_id: int, context: Any, base_seed: int, die_with_parent: bool) -> None:
         cfg = self.config
@@ -253,22 +254,20 @@ class WorkerPool:
         """All workers take tasks again (a new epoch of a persistent iterable pool)."""
         self._accepting = [True] * self.num_workers
 
-    def shutdown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None:
-            finalizer()
-        else:
-            _shutdown_processes(self._processes, self._conns, self._socks)
+    def shutdown(self, grace: float = STOP_GRACE) -> None:
+        """Stop the workers (idempotent). ``grace=0`` on failure paths: a worker still
+        busy then is stuck or irrelevant, and the error should surface now."""
+        if self._finalizer.detach() is not None:
+            _shutdown_processes(self._processes, self._conns, self._socks, grace)
 
 
 def _as_list(indices: Any) -> list[Any]:
     return list(indices) if isinstance(indices, (list, tuple)) else [indices]
 
 
-def _shutdown_processes(processes: list[Any], conns: list[Connection], socks: list[socket.socket]) -> None:
+def _shutdown_processes(
+    processes: list[Any], conns: list[Connection], socks: list[socket.socket], grace: float = STOP_GRACE
+) -> None:
     """See NOTE [ Pool shutdown ]. Module-level so that the finalizer holds no pool."""
     stop = pickle.dumps(messages.Stop())
     for process, conn in zip(processes, conns):
@@ -277,14 +276,14 @@ def _shutdown_processes(processes: list[Any], conns: list[Connection], socks: li
                 conn.send_bytes(stop)
             except (OSError, ValueError):
                 pass
-    deadline = time.monotonic() + STOP_GRACE
+    deadline = time.monotonic() + grace
     for process in processes:
         if process.pid is not None:
             process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.pid is not None and process.is_alive():
             process.terminate()
-            process.join(STOP_GRACE)
+            process.join(STOP_GRACE)  # SIGTERM's default action ends it; SIGKILL if handled
             if process.is_alive():
                 process.kill()
                 process.join()

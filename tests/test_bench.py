@@ -1,0 +1,28 @@
+"""python -m fastload.bench runs end to end and prints the comparison table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_prints_table_and_writes_nothing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "overhead", "--batches", "8", "--repeats", "2", "--batch-size", "8"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line.split() for line in result.stdout.splitlines() if line.startswith("overhead")}
+    assert set(rows) == {"torch", "fastload"}
+    assert float(rows["torch"][2]) > 0 and float(rows["fastload"][2]) > 0
+    assert rows["fastload"][5].endswith("x")  # min ratio column
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_rejects_unknown_scenarios():
+    result = subprocess.run([sys.executable, "-m", "fastload.bench", "nope"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown scenario" in result.stderr

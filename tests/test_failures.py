@@ -1,0 +1,119 @@
+"""Failures are loud and precise, never hang, and leave no process or /dev/shm entry behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import fastload
+
+from .conftest import dev_shm_entries, pid_alive, wait_until
+from .datasets import FailsAt, KillsItself, Slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataset_exception_reraises_with_traceback_and_index(num_workers, no_leaks):
+    loader = fastload.DataLoader(FailsAt(bad=13), batch_size=4, num_workers=num_workers)
+    with pytest.raises(ValueError) as info:
+        list(loader)
+    text = str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    assert "corrupt sample 13" in text
+    assert "sample index 13" in text
+    if num_workers:
+        assert "Traceback" in text and "datasets.py" in text and "DataLoader worker" in text
+
+
+def test_iteration_continues_after_a_dataset_exception(no_leaks):
+    it = iter(fastload.DataLoader(FailsAt(bad=5), batch_size=4, num_workers=2))
+    assert next(it).flatten().tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        next(it)
+    assert next(it).flatten().tolist() == [8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_worker_killed_reports_pid_signal_and_indices_within_2s(sig, no_leaks):
+    loader = fastload.DataLoader(KillsItself(bad=21, sig=sig), batch_size=4, num_workers=2)
+    start = time.monotonic()
+    with pytest.raises(fastload.WorkerDiedError) as info:
+        for _ in loader:
+            pass
+    elapsed = time.monotonic() - start
+    error = info.value
+    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert error.signal == sig
+    assert 21 in error.indices and [20, 21, 22, 23] == error.indices[:4]
+    assert str(error.pid) in str(error) and signal.Signals(sig).name in str(error) and "21" in str(error)
+    assert not pid_alive(error.pid)
+    assert isinstance(error, RuntimeError)
+
+
+def test_timeout_raises_like_torch(no_leaks):
+    loader = fastload.DataLoader(Slow(delay=2.0, n=8), batch_size=2, num_workers=1, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"DataLoader timed out after 0.3 seconds"):
+        next(iter(loader))
+    assert time.monotonic() - start < 1.5
+
+
+def _run_script(body: str, **popen_kwargs) -> subprocess.Popen:
+    script = textwrap.dedent(body)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+ITERATE_FOREVER = """
+    import os, sys
+    import fastload
+    from tests.datasets import Slow
+    loader = fastload.DataLoader(Slow(delay=0.01, n=100000), batch_size=4, num_workers=2)
+    it = iter(loader)
+    next(it)
+    print(" ".join(str(p) for p in it._pool.pids), flush=True)
+    for _ in it:
+        pass
+"""
+
+
+def _start_and_get_worker_pids() -> tuple[subprocess.Popen, list[int]]:
+    proc = _run_script(ITERATE_FOREVER)
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return proc, [int(p) for p in line.split()]
+
+
+def test_sigint_during_iteration_exits_cleanly():
+    shm_before = dev_shm_entries()
+    proc, workers = _start_and_get_worker_pids()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert "Traceback" in stderr and stderr.count("Traceback") == 1, stderr  # no worker tracebacks
+    assert wait_until(lambda: not any(pid_alive(p) for p in workers))
+    assert dev_shm_entries() <= shm_before
+
+
+def test_sigkill_of_main_process_leaves_no_worker_and_no_shm():
+    shm_before = dev_shm_entries()
+    proc, workers = _start_and_get_worker_pids()
+    proc.kill()
+    proc.wait(timeout=5)
+    assert wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=5)
+    assert dev_shm_entries() <= shm_before
+
+
+def test_normal_run_leaves_nothing(no_leaks):
+    loader = fastload.DataLoader(FailsAt(bad=-1, n=64), batch_size=8, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 8
+    del loader, batches
+    gc.collect()
