@@ -159,11 +159,6 @@ class DataLoader(torch.utils.data.DataLoader):
             self._warned.add(message)
             warnings.warn(message, stacklevel=3)
 
-    def __del__(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown()
-
 
 def _nothing() -> None:
     pass

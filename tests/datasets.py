@@ -52,6 +52,13 @@ class Mixed(Dataset):
         }
 
 
+class BatchFetched(Squares):
+    """Has ``__getitems__`` (as HF datasets do): one call per batch."""
+
+    def __getitems__(self, indices):
+        return [(torch.full(self.shape, -1.0), i, "via getitems") for i in indices]
+
+
 class Ragged(Dataset):
     """Sample i has i % 5 + 1 rows: shapes vary from batch to batch."""
 

@@ -10,7 +10,7 @@ import torch.utils.data as tud
 
 import fastload
 
-from .datasets import Mixed, Range, Ragged, Squares, WorkerInfoDataset, record_collate, record_worker_init
+from .datasets import BatchFetched, Mixed, Range, Ragged, Squares, WorkerInfoDataset, record_collate, record_worker_init
 from .helpers import assert_same
 
 
@@ -46,6 +46,7 @@ SCENARIOS = {
     "mixed_leaves": (Mixed, dict(batch_size=5)),
     "ragged_no_batching": (Ragged, dict(batch_size=None)),
     "custom_collate": (Squares, dict(batch_size=7, collate_fn=record_collate)),
+    "getitems": (BatchFetched, dict(batch_size=6)),
     "out_of_order_allowed_but_one_worker": (Squares, dict(batch_size=3, in_order=False, num_workers=1)),
 }
 

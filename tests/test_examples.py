@@ -1,0 +1,20 @@
+"""The example scripts run as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_synthetic_classifier_runs_and_learns():
+    result = subprocess.run(
+        [sys.executable, "examples/train_synthetic_classifier.py", "--steps", "30", "--batch-size", "32"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    losses = [float(line.split()[3]) for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert "samples/s" in result.stdout
