@@ -13,7 +13,8 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
 from .loader_iter import InProcessIterator, LoaderIterator, PoolIterator, PoolLease
-from .pool.pool import PoolConfig, WorkerPool
+from .pool.pool import WorkerPool
+from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
 
 #: Smallest slot a worker creates (bytes); larger batches get larger slots.

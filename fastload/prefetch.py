@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 

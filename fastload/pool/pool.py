@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
@@ -40,7 +39,7 @@ import numpy as np
 from . import messages
 from .arena import SlotTable
 from .batch_codec import unpack_batch
-from .worker import WorkerConfig, worker_main
+from .worker import PoolConfig, WorkerConfig, worker_main
 
 #: Seconds a stopping worker gets before SIGTERM, and again before SIGKILL. An idle
 #: worker exits at once; this only bounds one that is busy in ``__getitem__``.
@@ -81,23 +80,6 @@ class Received:
     index: Any = None  # for errors: the sample index at fault, if known
 
 
-@dataclass
-class PoolConfig:
-    """The loader settings a pool's workers run with."""
-
-    dataset: Any
-    num_workers: int
-    iterable: bool
-    auto_collation: bool
-    drop_last: bool
-    collate_fn: Callable[[Any], Any]
-    collate_in_slot: bool
-    worker_init_fn: Callable[[int], None] | None
-    seed_per_sample: bool
-    min_slot_bytes: int
-    max_free_slots: int
-
-
 class WorkerPool:
     """``num_workers`` processes that answer tasks with batches in shared-memory slots.
 
@@ -130,24 +112,8 @@ class WorkerPool:
             raise
 
     def _start_worker(self, worker_id: int, context: Any, base_seed: int, die_with_parent: bool) -> None:
-        cfg = self.config
         main_end, worker_end = context.Pipe(duplex=True)
-        worker_config = WorkerConfig(
-            worker_id=worker_id,
-            num_workers=cfg.num_workers,
-            dataset=cfg.dataset,
-            iterable=cfg.iterable,
-            auto_collation=cfg.auto_collation,
-            drop_last=cfg.drop_last,
-            collate_fn=cfg.collate_fn,
-            collate_in_slot=cfg.collate_in_slot,
-            worker_init_fn=cfg.worker_init_fn,
-            base_seed=base_seed,
-            seed_per_sample=cfg.seed_per_sample,
-            min_slot_bytes=cfg.min_slot_bytes,
-            max_free_slots=cfg.max_free_slots,
-            die_with_parent=die_with_parent,
-        )
+        worker_config = WorkerConfig(self.config, worker_id, base_seed, die_with_parent)
         process = context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )

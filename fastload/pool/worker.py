@@ -45,12 +45,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass
-class WorkerConfig:
-    """Everything a worker needs; pickled once per worker under spawn/forkserver."""
+class PoolConfig:
+    """The loader settings every worker of a pool runs with."""
 
-    worker_id: int
-    num_workers: int
     dataset: Any
+    num_workers: int
     iterable: bool
     auto_collation: bool
     drop_last: bool
@@ -58,10 +57,18 @@ class WorkerConfig:
     #: collate with ``deferred_collate`` so that the batch is stacked straight into a slot
     collate_in_slot: bool
     worker_init_fn: Callable[[int], None] | None
-    base_seed: int
     seed_per_sample: bool
     min_slot_bytes: int
     max_free_slots: int
+
+
+@dataclass
+class WorkerConfig:
+    """What one worker is started with; pickled once per worker under spawn/forkserver."""
+
+    pool: PoolConfig
+    worker_id: int
+    base_seed: int
     die_with_parent: bool
 
 
@@ -100,29 +107,30 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
 class _WorkerLoop:
     def __init__(self, config: WorkerConfig, conn: Connection, sock: socket.socket, parent_pid: int) -> None:
         self.config = config
+        self.pool = config.pool
         self.conn = conn
         self.sock = sock
         self.parent_pid = parent_pid
-        self.slots = WorkerSlots(config.min_slot_bytes, config.max_free_slots)
+        self.slots = WorkerSlots(self.pool.min_slot_bytes, self.pool.max_free_slots)
         self.fetcher = SampleFetcher(
-            config.dataset,
-            iterable=config.iterable,
-            auto_collation=config.auto_collation,
-            drop_last=config.drop_last,
-            seed_per_sample=config.seed_per_sample,
+            self.pool.dataset,
+            iterable=self.pool.iterable,
+            auto_collation=self.pool.auto_collation,
+            drop_last=self.pool.drop_last,
+            seed_per_sample=self.pool.seed_per_sample,
             restore_rng=False,
         )
         self.where = f"DataLoader worker {config.worker_id} (pid {os.getpid()})"
 
     def run(self) -> None:
-        config = self.config
+        config, pool = self.config, self.pool
         seed = _seed_like_torch(config.base_seed, config.worker_id)
         torch_worker._worker_info = torch_worker.WorkerInfo(
-            id=config.worker_id, num_workers=config.num_workers, seed=seed, dataset=config.dataset
+            id=config.worker_id, num_workers=pool.num_workers, seed=seed, dataset=pool.dataset
         )
         try:
-            if config.worker_init_fn is not None:
-                config.worker_init_fn(config.worker_id)
+            if pool.worker_init_fn is not None:
+                pool.worker_init_fn(config.worker_id)
             self.fetcher.start_epoch(config.base_seed)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
@@ -161,10 +169,10 @@ class _WorkerLoop:
             self._send_error(task, exc, self.fetcher.current_index)
             return
         try:
-            if self.config.collate_in_slot:
+            if self.pool.collate_in_slot:
                 batch = deferred_collate(samples)
             else:
-                batch = self.config.collate_fn(samples)
+                batch = self.pool.collate_fn(samples)
             packed = pack_batch(batch, self.slots)
         except Exception as exc:
             self._send_error(task, exc, None)
