@@ -4,8 +4,8 @@ main → worker: :class:`Task`, :class:`StartEpoch`, :class:`Stop`. Each of the 
 carries the ids of slots the main process has released since its last message to that
 worker (see NOTE [ Slot protocol ] in ``arena.py``).
 
-worker → main: exactly one of :class:`Batch`, :class:`Error`, :class:`EndOfData` per
-task, in task order per worker. A :class:`Batch` whose ``new_slot_capacity`` is set is
+worker → main: exactly one :class:`Answer` (:class:`Batch`, :class:`Error` or
+:class:`EndOfData`) per task, in task order per worker. A :class:`Batch` whose ``new_slot_capacity`` is set is
 followed on the socket by the slot's file descriptor (SCM_RIGHTS). An :class:`Error`
 with ``task_id=None`` means the worker could not start (or restart) its epoch.
 """
@@ -42,24 +42,28 @@ class Stop:
 
 
 @dataclass
-class Batch:
-    task_id: int
+class Answer:
+    """Base of the worker's answers: each says which slots the worker has retired."""
+
+    task_id: int | None
+    retired: list[int]
+
+
+@dataclass
+class Batch(Answer):
     slot_id: int | None
     new_slot_capacity: int | None
-    retired: list[int]
     nbytes: int
     layout: list[LayoutEntry]
     skeleton: bytes
 
 
 @dataclass
-class Error:
-    task_id: int | None
+class Error(Answer):
+    #: the exception with the worker's traceback; its text names the sample index
     error: ExceptionWrapper
-    index: Any
 
 
 @dataclass
-class EndOfData:
-    task_id: int
-    retired: list[int]
+class EndOfData(Answer):
+    pass

@@ -77,7 +77,6 @@ class Received:
     worker_id: int
     kind: str  # "batch" | "error" | "end"
     value: Any = None  # the batch, or the ExceptionWrapper
-    index: Any = None  # for errors: the sample index at fault, if known
 
 
 class WorkerPool:
@@ -181,26 +180,24 @@ class WorkerPool:
         except (EOFError, ConnectionResetError):
             self._processes[worker_id].join(STOP_GRACE)
             self._report_death(worker_id)
+        self.slots.retire(worker_id, message.retired)
         if isinstance(message, messages.Error) and message.task_id is None:
             message.error.reraise()  # the worker could not start its epoch: the pool is unusable
         self.outstanding[worker_id].pop(message.task_id, None)
-        if isinstance(message, messages.Batch):
-            batch = self._unpack(worker_id, message)
-            if message.task_id < self._current_floor:
-                return None  # dropping it releases its slot
-            return Received(message.task_id, worker_id, "batch", batch)
-        self.slots.retire(worker_id, message.retired if isinstance(message, messages.EndOfData) else [])
+        # Unpacked even when stale: it maps a new slot, and dropping it releases the slot.
+        value = self._unpack(worker_id, message) if isinstance(message, messages.Batch) else None
         if message.task_id < self._current_floor:
             return None
+        if isinstance(message, messages.Batch):
+            return Received(message.task_id, worker_id, "batch", value)
         if isinstance(message, messages.Error):
-            return Received(message.task_id, worker_id, "error", message.error, message.index)
+            return Received(message.task_id, worker_id, "error", message.error)
         return Received(message.task_id, worker_id, "end")
 
     def _unpack(self, worker_id: int, message: messages.Batch) -> Any:
         if message.new_slot_capacity is not None:
             fds = reduction.recvfds(self._socks[worker_id], 1)
             self.slots.map(worker_id, message.slot_id, fds[0], message.new_slot_capacity)
-        self.slots.retire(worker_id, message.retired)
         lease: np.ndarray | None = None
         if message.slot_id is not None:
             lease = self.slots.lease(worker_id, message.slot_id, message.nbytes)

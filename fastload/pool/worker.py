@@ -134,7 +134,7 @@ class _WorkerLoop:
             self.fetcher.start_epoch(config.base_seed)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
-            self._send(messages.Error(None, wrapper, None))
+            self._send(messages.Error(None, self.slots.take_retired(), wrapper))
             return
         while True:
             message = self._receive()
@@ -157,7 +157,7 @@ class _WorkerLoop:
             self.fetcher.start_epoch(message.base_seed)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while calling iter(dataset)")
-            self._send(messages.Error(None, wrapper, None))
+            self._send(messages.Error(None, self.slots.take_retired(), wrapper))
 
     def _run_task(self, task: messages.Task) -> None:
         try:
@@ -181,9 +181,9 @@ class _WorkerLoop:
         self._send(
             messages.Batch(
                 task_id=task.task_id,
+                retired=self.slots.take_retired(),
                 slot_id=None if slot is None else slot.slot_id,
                 new_slot_capacity=None if slot is None or slot.new_fd is None else slot.capacity,
-                retired=self.slots.take_retired(),
                 nbytes=packed.nbytes,
                 layout=packed.layout,
                 skeleton=packed.skeleton,
@@ -199,7 +199,7 @@ class _WorkerLoop:
         else:
             where = f"{self.where} while fetching sample index {index!r}"
         wrapper = ExceptionWrapper(exc_info=(type(exc), exc, exc.__traceback__), where=where)
-        self._send(messages.Error(task.task_id, wrapper, index))
+        self._send(messages.Error(task.task_id, self.slots.take_retired(), wrapper))
 
     def _send(self, message: Any) -> None:
         self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
