@@ -72,7 +72,10 @@ def _run_script(body: str, **popen_kwargs) -> subprocess.Popen:
 
 
 ITERATE_FOREVER = """
-    import os, sys
+    import signal
+    # A shell's background job starts with SIGINT ignored and Python keeps that: restore
+    # the handler an interactive `python train.py` has, which raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import fastload
     from tests.datasets import Slow
     loader = fastload.DataLoader(Slow(delay=0.01, n=100000), batch_size=4, num_workers=2)
