@@ -197,3 +197,7 @@ def record_worker_init(worker_id: int) -> None:
 
 def signal_name(sig: int) -> str:
     return signal.Signals(sig).name
+
+
+def failing_worker_init(worker_id: int) -> None:
+    raise OSError(f"cannot open the shard of worker {worker_id}")

@@ -15,7 +15,7 @@ import pytest
 import fastload
 
 from .conftest import dev_shm_entries, pid_alive, wait_until
-from .datasets import FailsAt, KillsItself, Slow
+from .datasets import FailsAt, KillsItself, Slow, failing_worker_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +30,13 @@ def test_dataset_exception_reraises_with_traceback_and_index(num_workers, no_lea
     assert "sample index 13" in text
     if num_workers:
         assert "Traceback" in text and "datasets.py" in text and "DataLoader worker" in text
+
+
+def test_worker_init_fn_error_reraises_and_stops_the_pool(no_leaks):
+    loader = fastload.DataLoader(FailsAt(bad=-1), batch_size=4, num_workers=2, worker_init_fn=failing_worker_init)
+    with pytest.raises(OSError, match=r"cannot open the shard of worker \d") as info:
+        next(iter(loader))
+    assert "while starting" in str(info.value)
 
 
 def test_iteration_continues_after_a_dataset_exception(no_leaks):
