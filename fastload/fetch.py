@@ -3,10 +3,10 @@
 NOTE [ Per-sample seeding ]
 
 With ``seed_per_sample=True`` every call ``dataset[i]`` runs with ``random``, ``numpy``
-and ``torch`` seeded from ``(base_seed, i)``. ``base_seed`` is drawn once per epoch from
-the loader's ``generator`` (exactly as torch draws its worker base seed), so the
-augmentation of sample ``i`` depends on the seed, the epoch and ``i`` only, never on which
-worker fetched it or how many workers there are. In the main process (``num_workers=0``)
+and ``torch`` seeded from ``(base_seed, i)``. ``base_seed`` is the loader's seed for the
+epoch (see NOTE [ Resumable sampling ] in ``seeding.py``), so the augmentation of sample
+``i`` depends on the seed, the epoch and ``i`` only, never on which worker fetched it or
+how many workers there are, and a resumed epoch augments exactly as the original. In the main process (``num_workers=0``)
 the global RNG states are restored after each fetch so that the training loop's own
 randomness is not disturbed.
 """
@@ -14,28 +14,13 @@ randomness is not disturbed.
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_seed(base_seed: int, index: Any) -> int:
-    """A 63-bit seed for sample ``index``, well mixed, stable across processes and runs."""
-    key = index if isinstance(index, int) else zlib.crc32(repr(index).encode())
-    return _splitmix64((base_seed & _MASK64) ^ _splitmix64(key & _MASK64)) >> 1
-
+from .seeding import mix_seed
 
 def seed_global_rngs(seed: int) -> None:
     random.seed(seed)
@@ -101,10 +86,10 @@ class SampleFetcher:
         if not self.seed_per_sample:
             return self.dataset[index]
         if not self.restore_rng:
-            seed_global_rngs(sample_seed(self.base_seed, index))
+            seed_global_rngs(mix_seed(self.base_seed, index))
             return self.dataset[index]
         with _preserved_global_rngs():
-            seed_global_rngs(sample_seed(self.base_seed, index))
+            seed_global_rngs(mix_seed(self.base_seed, index))
             return self.dataset[index]
 
     def _fetch_iterable(self, task: Any) -> Any:

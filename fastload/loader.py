@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.utils.data
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
-from .loader_iter import InProcessIterator, LoaderIterator, PoolIterator, PoolLease
+from .loader_iter import EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
+from .samplers import RandomSampler, ResumableSampler, SequentialSampler
+from .seeding import draw_seed, mix_seed
 
 #: Smallest slot a worker creates (bytes); larger batches get larger slots.
 DEFAULT_MIN_SLOT_BYTES = 1 << 20
@@ -27,13 +30,19 @@ class DataLoader(torch.utils.data.DataLoader):
     Every argument of torch's DataLoader has the same meaning here (see its
     documentation); with ``num_workers > 0`` batches are built by fastload's worker pool
     directly in reusable shared memory and reach the main process without a copy.
+
+    Randomness is a function of one root seed, drawn once from ``generator`` (the global
+    generator if None), and the epoch: ``shuffle=True`` uses :class:`fastload.RandomSampler`
+    (torch's distribution, not torch's exact permutation) and workers are seeded
+    ``epoch_seed + worker_id`` as torch seeds them. So :meth:`state_dict` is a few
+    integers and :meth:`load_state_dict` resumes mid-epoch exactly.
+
     The extra options are keyword-only:
 
     Args:
         seed_per_sample: seed ``random``, ``numpy`` and ``torch`` before every
             ``dataset[i]`` from ``(epoch seed, i)``, so random augmentations are identical
-            for any ``num_workers``. The epoch seed is drawn from ``generator`` as torch
-            draws its worker base seed. Needs a map-style dataset.
+            for any ``num_workers`` and after a resume. Needs a map-style dataset.
         device: return batches on this device. With CUDA, batches are staged through a
             pinned ring and copied on a side stream ``device_prefetch`` batches ahead;
             without CUDA, a ``"cuda"`` device falls back to CPU batches with one warning.
@@ -70,6 +79,10 @@ class DataLoader(torch.utils.data.DataLoader):
         device_prefetch: int = 2,
         min_slot_bytes: int = DEFAULT_MIN_SLOT_BYTES,
     ) -> None:
+        if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
+            # fastload's own default samplers: same meaning as torch's, and resumable.
+            sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+            shuffle = None
         super().__init__(
             dataset,
             batch_size=batch_size,
@@ -101,30 +114,110 @@ class DataLoader(torch.utils.data.DataLoader):
         self.min_slot_bytes = min_slot_bytes
         self._pool: WorkerPool | None = None
         self._warned: set[str] = set()
+        # See NOTE [ Resumable sampling ]: worker seeds of epoch e derive from (seed, e).
+        self._seed = draw_seed(generator)
+        self._next_epoch = 0
+        self._progress: EpochProgress | None = None
+        self._resume_batches = 0  # batches of the next epoch already consumed before a resume
+        self._skip_indices = 0  # index-sampler items to replay (samplers that cannot jump)
+        self._skip_batches = 0  # batches to fetch and discard (IterableDataset)
 
     @property
     def _is_iterable(self) -> bool:
         return isinstance(self.dataset, IterableDataset)
 
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+    def __iter__(self) -> EpochIterator:  # type: ignore[override]
         if self.pin_memory and self.pin_memory_device:
             self._warn_once(
                 f"pin_memory_device is deprecated in torch; use device={self.pin_memory_device!r} "
                 "to get batches on that device."
             )
-        return transfer_stage(
-            self._get_iterator(),
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        self._progress = EpochProgress(epoch, batches=self._resume_batches)
+        base_seed = mix_seed(self._seed, epoch, "workers")
+        skip_indices, skip_batches = self._skip_indices, self._skip_batches
+        self._resume_batches = self._skip_indices = self._skip_batches = 0
+        source = transfer_stage(
+            self._make_iterator(base_seed, skip_indices),
             pin_memory=self.pin_memory,
             device=self.device,
             depth=self.device_prefetch,
             warn_once=self._warn_once,
         )
+        for _ in itertools.islice(source, skip_batches):
+            pass
+        return EpochIterator(source, self._progress)
 
-    def _get_iterator(self) -> LoaderIterator:  # type: ignore[override]
+    def _make_iterator(self, base_seed: int, skip_indices: int) -> LoaderIterator:
         if self.num_workers == 0:
-            return InProcessIterator(self)
+            return InProcessIterator(self, base_seed, skip_indices)
         self.check_worker_number_rationality()
-        return PoolIterator(self, self._lease_pool)
+        return PoolIterator(self, base_seed, skip_indices, self._lease_pool)
+
+    def _resumable_sampler(self) -> tuple[ResumableSampler, int] | None:
+        """The sampler that can jump to a position, and how many of its items make a batch."""
+        if self._auto_collation:
+            if isinstance(self.batch_sampler, ResumableSampler):
+                return self.batch_sampler, 1
+            if type(self.batch_sampler) is BatchSampler and isinstance(self.batch_sampler.sampler, ResumableSampler):
+                return self.batch_sampler.sampler, self.batch_sampler.batch_size
+            return None
+        return (self.sampler, 1) if isinstance(self.sampler, ResumableSampler) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: a small JSON-serialisable dict of ints.
+
+        ``{"seed", "epoch", "batches", "sampler"}``: the loader's root seed, the epoch in
+        progress (the next one once an epoch has been iterated to its end), the batches of
+        it already handed out, and the sampler's own ``{"seed", "epoch"}`` when it is a
+        fastload sampler (else ``None``). Take it between batches, from the training loop.
+        """
+        progress = self._progress or EpochProgress(self._next_epoch, self._resume_batches)
+        epoch, batches = progress.epoch, progress.batches
+        if progress.finished:
+            epoch, batches = epoch + 1, 0
+        sampler_state = None
+        resumable = self._resumable_sampler()
+        if resumable is not None:
+            state = resumable[0].state_dict()
+            sampler_state = {"seed": state["seed"], "epoch": state["epoch"] + (1 if progress.finished else 0)}
+        return {"seed": self._seed, "epoch": epoch, "batches": batches, "sampler": sampler_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next ``iter(loader)`` yields exactly the batches
+        an uninterrupted loader would have yielded after that point.
+
+        fastload samplers jump straight to the position. Other samplers are replayed
+        (their indices only, cheap) and an ``IterableDataset`` re-reads and discards the
+        consumed batches; both say so once, and are exact only if that sampler or dataset
+        repeats its order.
+        """
+        missing = {"seed", "epoch", "batches"} - set(state)
+        if missing:
+            raise KeyError(f"DataLoader.load_state_dict: state lacks {sorted(missing)}")
+        batches = int(state["batches"])
+        if batches < 0:
+            raise ValueError(f"DataLoader.load_state_dict: batches must be >= 0, got {batches}")
+        self._seed = int(state["seed"])
+        self._next_epoch = int(state["epoch"])
+        self._progress = None
+        self._resume_batches = batches
+        resumable = self._resumable_sampler()
+        if resumable is not None and state.get("sampler") is not None:
+            sampler, per_batch = resumable
+            sampler.load_state_dict({**state["sampler"], "start": batches * per_batch})
+        elif self._is_iterable:
+            self._skip_batches = batches
+            if batches:
+                self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards {batches} batches.")
+        else:
+            self._skip_indices = batches
+            if batches:
+                self._warn_once(
+                    f"fastload: {type(self._index_sampler).__name__} cannot jump to a position; replaying its first "
+                    f"{batches} items to resume (exact only if it repeats its order)."
+                )
 
     def _lease_pool(self, base_seed: int) -> PoolLease:
         if not self.persistent_workers:

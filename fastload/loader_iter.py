@@ -1,31 +1,24 @@
 """The two ways one epoch of a ``fastload.DataLoader`` runs: in-process, or over a pool.
 
-Both mirror torch's ``_BaseDataLoaderIter`` contract: the sampler iterator is created
-first, then the per-epoch ``base_seed`` is drawn from the loader's ``generator`` (so
-shuffling with the same generator seed gives torch's order), ``len()`` is the index
-sampler's length, and an ``IterableDataset`` yielding more than its ``len()`` warns.
+Both mirror torch's ``_BaseDataLoaderIter`` contract: ``len()`` is the index sampler's
+length and an ``IterableDataset`` yielding more than its ``len()`` warns. The epoch's
+``base_seed`` (worker seeds, per-sample seeds) comes from the loader, derived from its
+root seed and the epoch (NOTE [ Resumable sampling ] in ``seeding.py``).
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from .fetch import EndOfData, SampleFetcher
 from .pool.pool import Received, WorkerPool
 
 if TYPE_CHECKING:
     from .loader import DataLoader
-
-
-def draw_base_seed(generator: torch.Generator | None) -> int:
-    """The per-epoch seed torch's DataLoader draws (same call, same generator use)."""
-    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
 
 @dataclass
@@ -41,16 +34,52 @@ class PoolLease:
     on_failure: Callable[[], None]
 
 
+@dataclass
+class EpochProgress:
+    """How far the user got in the epoch: what ``DataLoader.state_dict()`` reports."""
+
+    epoch: int
+    batches: int = 0
+    finished: bool = False
+
+
+class EpochIterator:
+    """What ``iter(loader)`` returns: counts the batches actually handed to the user
+    (the stages below it prefetch ahead) and marks the epoch finished."""
+
+    def __init__(self, source: Iterator[Any], progress: EpochProgress) -> None:
+        self._source = source
+        self._progress = progress
+
+    def __iter__(self) -> EpochIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        try:
+            batch = next(self._source)
+        except StopIteration:
+            self._progress.finished = True
+            raise
+        self._progress.batches += 1
+        return batch
+
+
 class LoaderIterator:
     """Common part: sampler, base seed, length and the IterableDataset length check."""
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
         self._dataset = loader.dataset
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
         self._sampler_iter = iter(self._index_sampler)
-        self._base_seed = draw_base_seed(loader.generator)
+        # Resuming over a sampler that cannot jump: replay its first items (cheap: indices only).
+        for _ in itertools.islice(self._sampler_iter, skip_indices):
+            pass
+        self._base_seed = base_seed
         self._num_yielded = 0
 
     def __iter__(self) -> LoaderIterator:
@@ -82,8 +111,8 @@ class LoaderIterator:
 class InProcessIterator(LoaderIterator):
     """``num_workers=0``: samples are fetched and collated in the calling thread."""
 
-    def __init__(self, loader: DataLoader) -> None:
-        super().__init__(loader)
+    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
+        super().__init__(loader, base_seed, skip_indices)
         self._collate_fn = loader.collate_fn
         self._fetcher = SampleFetcher(
             self._dataset,
@@ -118,8 +147,9 @@ class PoolIterator(LoaderIterator):
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """
 
-    def __init__(self, loader: DataLoader, lease_pool: Callable[[int], PoolLease]) -> None:
-        super().__init__(loader)
+    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int,
+                 lease_pool: Callable[[int], PoolLease]) -> None:
+        super().__init__(loader, base_seed, skip_indices)
         lease = lease_pool(self._base_seed)
         pool = self._pool = lease.pool
         self._owns_pool = lease.owned

@@ -176,6 +176,7 @@ class WorkerInfoDataset(Dataset):
 
         same = fastload.get_worker_info() is info
         return {"id": info.id, "num_workers": info.num_workers, "seed": info.seed,
+                "torch_seed": torch.initial_seed(),
                 "dataset_is_self": type(info.dataset) is type(self), "same": same, "pid": os.getpid()}
 
 

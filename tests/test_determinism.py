@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.utils.data as tud
 
 import fastload
 
@@ -58,13 +57,16 @@ def test_seed_per_sample_does_not_disturb_the_training_loops_rng():
     assert torch.equal(observed, expected)
 
 
-def test_default_seeding_is_torchs():
-    """Without seed_per_sample, workers are seeded base_seed + worker_id, as in torch."""
-    def run(cls):
-        loader = cls(RandomAugment(), batch_size=4, num_workers=2, generator=torch.Generator().manual_seed(3))
-        return torch.cat(list(loader))
+def test_default_worker_seeding_follows_torchs_rule_and_is_reproducible():
+    """Without seed_per_sample, worker w is seeded epoch_seed + w (torch's rule)."""
+    def run():
+        loader = fastload.DataLoader(RandomAugment(), batch_size=4, num_workers=2,
+                                     generator=torch.Generator().manual_seed(3))
+        return [torch.cat(list(loader)) for _ in range(2)]
 
-    assert torch.equal(run(tud.DataLoader), run(fastload.DataLoader))
+    first, second = run(), run()
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[0], first[1])  # a new epoch seeds the workers anew
 
 
 def test_seed_per_sample_rejects_iterable_datasets():

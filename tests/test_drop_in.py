@@ -37,7 +37,8 @@ def test_is_a_torch_dataloader():
 
 SCENARIOS = {
     "batched": (Squares, dict(batch_size=8)),
-    "shuffle_drop_last": (Squares, dict(batch_size=6, shuffle=True, drop_last=True, seed=3)),
+    "torch_random_sampler_drop_last": (Squares, dict(batch_size=6, drop_last=True, make_kwargs=lambda: dict(
+        sampler=tud.RandomSampler(range(40), generator=torch.Generator().manual_seed(3))))),
     "batch_size_none": (Squares, dict(batch_size=None)),
     "sampler": (Squares, dict(batch_size=4, sampler=[5, 1, 7, 3, 9, 0, 2])),
     "batch_sampler": (Squares, dict(batch_sampler=[[3, 1], [0, 2, 4], [39]])),
@@ -121,13 +122,27 @@ def test_argument_errors_match_torch():
 
 def test_worker_info_is_torchs_inside_workers():
     loader = fastload.DataLoader(WorkerInfoDataset(), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(5))
-    infos = list(loader)
-    assert {i["id"] for i in infos} == {0, 1}
-    assert all(i["num_workers"] == 2 and i["dataset_is_self"] and i["same"] for i in infos)
-    # torch's seeding rule: base_seed + worker_id, base_seed drawn from the generator
-    base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(5)).item())
-    assert {i["seed"] - i["id"] for i in infos} == {base_seed}
+    epochs = [list(loader) for _ in range(2)]
+    for infos in epochs:
+        assert {i["id"] for i in infos} == {0, 1}
+        assert all(i["num_workers"] == 2 and i["dataset_is_self"] and i["same"] for i in infos)
+        # torch's seeding rule: worker w is seeded base_seed + w, and torch's RNG with it
+        assert len({i["seed"] - i["id"] for i in infos}) == 1
+        assert all(i["torch_seed"] == i["seed"] for i in infos)
+    assert epochs[0][0]["seed"] != epochs[1][0]["seed"]
     assert fastload.get_worker_info() is None
+
+
+def test_shuffle_gives_a_new_permutation_each_epoch_reproducibly():
+    def epochs(seed):
+        loader = fastload.DataLoader(Squares(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        assert isinstance(loader.sampler, tud.RandomSampler)  # what Lightning checks
+        return [[int(i) for b in loader for i in b[1]] for _ in range(3)]
+
+    first = epochs(0)
+    assert all(sorted(e) == list(range(40)) for e in first)
+    assert first[0] != first[1] != first[2]
+    assert epochs(0) == first and epochs(1) != first
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

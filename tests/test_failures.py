@@ -83,12 +83,13 @@ ITERATE_FOREVER = """
     # A shell's background job starts with SIGINT ignored and Python keeps that: restore
     # the handler an interactive `python train.py` has, which raises KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    import multiprocessing
     import fastload
     from tests.datasets import Slow
     loader = fastload.DataLoader(Slow(delay=0.01, n=100000), batch_size=4, num_workers=2)
     it = iter(loader)
     next(it)
-    print(" ".join(str(p) for p in it._pool.pids), flush=True)
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
     for _ in it:
         pass
 """

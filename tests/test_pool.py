@@ -13,8 +13,15 @@ import fastload
 from .datasets import BigSamples, Ragged, Squares, record_collate
 
 
-def slot_maps(loader_iter) -> int:
-    return len(loader_iter._pool.slots._maps)
+def slot_mappings() -> dict[str, tuple[int, int]]:
+    """This process's mappings of fastload slots (memfds), by name: (start, end) address."""
+    mappings = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "/memfd:fastload-slot-" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                mappings[line.split("/memfd:")[1].split()[0]] = (start, end)
+    return mappings
 
 
 def test_keeping_every_batch_of_an_epoch_keeps_them_intact(no_leaks):
@@ -31,19 +38,16 @@ def test_keeping_every_batch_of_an_epoch_keeps_them_intact(no_leaks):
 def test_batches_live_in_shared_memory_without_copies():
     it = iter(fastload.DataLoader(BigSamples(n=8, mb=1), batch_size=4, num_workers=1))
     batch = next(it)
-    storage = batch.untyped_storage()
-    # The batch's storage is not torch-allocated: it is a view of the slot lease.
-    lease_maps = list(it._pool.slots._maps.values())
-    addresses = [np.frombuffer(m, dtype=np.uint8).ctypes.data for m in lease_maps]
-    assert any(a <= storage.data_ptr() < a + len(m) for a, m in zip(addresses, lease_maps))
+    # The batch's memory is the worker's slot, mapped here: no copy was made.
+    pointer = batch.untyped_storage().data_ptr()
+    assert any(start <= pointer < end for start, end in slot_mappings().values())
 
 
 def test_slots_are_reused_when_batches_are_dropped():
     loader = fastload.DataLoader(BigSamples(n=200, mb=0.25), batch_size=4, num_workers=2, min_slot_bytes=1 << 20)
-    it = iter(loader)
     seen_slots = set()
-    for batch in it:
-        seen_slots.update(it._pool.slots._maps.keys())
+    for batch in loader:
+        seen_slots.update(slot_mappings())
         del batch
     # 50 batches but only a handful of slots: prefetch_factor (2) + in flight + released-not-yet-told
     assert len(seen_slots) <= 2 * 5

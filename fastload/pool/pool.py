@@ -126,10 +126,6 @@ class WorkerPool:
     def num_workers(self) -> int:
         return self.config.num_workers
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p.pid is not None]
-
     def is_active(self, worker_id: int) -> bool:
         return self._accepting[worker_id]
 

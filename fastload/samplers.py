@@ -1,0 +1,415 @@
+"""Resumable, distributed and length-bucketing samplers.
+
+Every sampler here derives its order for an epoch from ``(seed, epoch)`` only (see NOTE
+[ Resumable sampling ] in ``seeding.py``) and has ``state_dict()`` /
+``load_state_dict()`` with a few integers: ``seed``, ``epoch`` and ``start`` (how many
+items of that epoch were already yielded). ``__iter__`` computes the epoch's order
+eagerly, at ``iter()`` time.
+
+Epochs: calling ``set_epoch(e)`` (as with torch's ``DistributedSampler``) or
+``load_state_dict`` fixes the epoch of the next iteration; iterating again without either
+moves to the next epoch by itself — silently for the single-process samplers (torch's
+``RandomSampler`` also reshuffles every epoch), with one warning for the distributed
+ones (torch's would silently repeat the same order).
+
+The subclasses of torch's samplers pass ``isinstance`` checks against them (Lightning
+uses ``isinstance(sampler, RandomSampler)`` to tell whether a loader shuffles).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.utils.data as tud
+
+from .seeding import draw_seed, epoch_generator, mix_seed
+
+__all__ = [
+    "BucketBatchSampler",
+    "DistributedBucketBatchSampler",
+    "DistributedSampler",
+    "DistributedSamplerWrapper",
+    "RandomSampler",
+    "ResumableSampler",
+    "SequentialSampler",
+]
+
+
+class ResumableSampler:
+    """The epoch and position bookkeeping every fastload sampler shares.
+
+    A subclass calls :meth:`_init_cursor` in its constructor, :meth:`_begin_epoch` at the
+    start of ``__iter__``, and wraps what it yields in :meth:`_counted`.
+    """
+
+    #: warn once when an epoch advances without set_epoch (distributed samplers)
+    _warn_on_auto_epoch = False
+
+    def _init_cursor(self, seed: int, epoch: int = 0) -> None:
+        self.seed = int(seed)
+        self.epoch = epoch
+        self._epoch_fixed = True  # the next iteration uses self.epoch as is
+        self._start = 0  # items of the next iteration to skip
+        self._yielded = 0  # items of the current iteration yielded so far
+        self._warned_auto_epoch = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next iteration (its order is a function of seed and epoch)."""
+        self.epoch = epoch
+        self._epoch_fixed = True
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"seed", "epoch", "start"}``: the epoch being (or last) iterated and how many
+        items of it were yielded. JSON-serialisable."""
+        return {"seed": self.seed, "epoch": int(self.epoch), "start": self._yielded}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items."""
+        missing = {"seed", "epoch"} - set(state)
+        if missing:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: state lacks {sorted(missing)}")
+        start = int(state.get("start", 0))
+        if start < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: start must be >= 0, got {start}")
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]))
+        self._start = start
+
+    def _begin_epoch(self) -> tuple[int, int]:
+        """(epoch, start) of the iteration that begins now."""
+        if not self._epoch_fixed:
+            self.epoch += 1
+            if self._warn_on_auto_epoch and not self._warned_auto_epoch:
+                self._warned_auto_epoch = True
+                warnings.warn(
+                    f"{type(self).__name__} was iterated again without set_epoch(); fastload advanced it to "
+                    f"epoch {self.epoch} so that the order changes. Call sampler.set_epoch(epoch) every epoch "
+                    "to choose the epoch yourself.",
+                    stacklevel=3,
+                )
+        self._epoch_fixed = False
+        start, self._start = self._start, 0
+        self._yielded = start
+        return self.epoch, start
+
+    def _counted(self, items: Sequence[Any]) -> Iterator[Any]:
+        for item in items:
+            self._yielded += 1
+            yield item
+
+
+def _rank_and_world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """Explicit values, or those of the initialized process group (torch's rule)."""
+    if num_replicas is None or rank is None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "num_replicas and rank must be given when no torch.distributed process group is initialized"
+            )
+        num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
+        rank = dist.get_rank() if rank is None else rank
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]")
+    return num_replicas, rank
+
+
+class SequentialSampler(ResumableSampler, tud.SequentialSampler):
+    """``torch.utils.data.SequentialSampler`` that can resume mid-epoch."""
+
+    def __init__(self, data_source: Sized) -> None:
+        super().__init__(data_source)
+        self._init_cursor(seed=0)
+
+    def __iter__(self) -> Iterator[int]:
+        _, start = self._begin_epoch()
+        return self._counted(range(start, len(self.data_source)))
+
+
+class RandomSampler(ResumableSampler, tud.RandomSampler):
+    """``torch.utils.data.RandomSampler`` (same arguments) whose order is a function of
+    ``(seed, epoch)``, so it can resume mid-epoch.
+
+    ``seed`` defaults to one draw from ``generator`` (the global generator if None) at
+    construction. The permutations have torch's distribution but are not the ones
+    torch's sampler would draw from the same generator.
+    """
+
+    def __init__(
+        self,
+        data_source: Sized,
+        replacement: bool = False,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(data_source, replacement=replacement, num_samples=num_samples, generator=generator)
+        self._init_cursor(draw_seed(generator) if seed is None else seed)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, start = self._begin_epoch()
+        generator = epoch_generator(self.seed, epoch, "order")
+        n, count = len(self.data_source), self.num_samples
+        if self.replacement:
+            order = torch.randint(high=n, size=(count,), dtype=torch.int64, generator=generator)
+        else:
+            perms = [torch.randperm(n, generator=generator) for _ in range(math.ceil(count / n))]
+            order = torch.cat(perms)[:count] if perms else torch.empty(0, dtype=torch.int64)
+        return self._counted(order[start:].tolist())
+
+
+class DistributedSampler(ResumableSampler, tud.DistributedSampler):
+    """``torch.utils.data.DistributedSampler``: same arguments, same per-epoch order
+    (``seed + epoch``), same padding by repeating indices and strided split; rank and world
+    size come from the initialized process group when not given. In addition it resumes
+    mid-epoch, and advances its epoch (warning once) when ``set_epoch`` is forgotten.
+    """
+
+    _warn_on_auto_epoch = True
+
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self._init_cursor(seed)
+
+    def __iter__(self) -> Iterator[Any]:
+        _, start = self._begin_epoch()
+        indices = list(super().__iter__())
+        return self._counted(indices[start:])
+
+
+class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
+    """Distributes any sampler, or batch sampler, across ranks.
+
+    Each epoch every rank draws the wrapped sampler's whole sequence (identically: a
+    wrapped sampler with a ``generator`` attribute — torch's ``RandomSampler``,
+    ``WeightedRandomSampler``, ``SubsetRandomSampler`` — is reseeded from ``(seed,
+    epoch)``; a fastload sampler gets its state set; anything else must be
+    deterministic), pads it by repeating items from its start (or, with ``drop_last``,
+    drops the tail) to a multiple of the world size, and keeps every
+    ``num_replicas``-th item from ``rank``. Every rank yields the same number of items,
+    no item is lost, and duplicates are only the padding.
+    """
+
+    _warn_on_auto_epoch = True
+
+    def __init__(
+        self,
+        sampler: tud.Sampler[Any] | Sequence[Any],
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        *,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.sampler = sampler
+        self.num_replicas, self.rank = _rank_and_world(num_replicas, rank)
+        self.drop_last = drop_last
+        self._init_cursor(seed)
+
+    def _global_sequence(self, epoch: int) -> list[Any]:
+        sampler = self.sampler
+        inner_seed = mix_seed(self.seed, epoch, "wrapped")
+        if isinstance(sampler, ResumableSampler):
+            sampler.load_state_dict({"seed": inner_seed, "epoch": epoch})
+        elif hasattr(sampler, "generator"):
+            if sampler.generator is None:
+                sampler.generator = torch.Generator()
+            sampler.generator.manual_seed(inner_seed)
+        elif hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def _per_rank(self, total: int) -> int:
+        return total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, start = self._begin_epoch()
+        items = self._global_sequence(epoch)
+        size = self._per_rank(len(items)) * self.num_replicas
+        if len(items) < size:
+            items = (items * math.ceil(size / max(1, len(items))))[:size]
+        mine = items[self.rank : size : self.num_replicas]
+        return self._counted(mine[start:])
+
+    def __len__(self) -> int:
+        return self._per_rank(len(self.sampler))  # type: ignore[arg-type]
+
+
+class BucketBatchSampler(ResumableSampler, tud.Sampler):
+    """Batches of similar-length samples: less padding for variable-length data.
+
+    Each epoch: shuffle all indices, cut them into windows of ``sort_window`` samples,
+    sort each window by length, cut it into batches, shuffle the batches. Batches are
+    either ``batch_size`` samples, or (``max_tokens``) as many as fit a token budget,
+    counting padding: a batch costs ``max(length) * len(batch)``.
+
+    Args:
+        lengths: the length of every sample (a sequence or 1-D array of ints).
+        batch_size: samples per batch. Exactly one of ``batch_size``/``max_tokens``.
+        max_tokens: token budget per batch (padding included).
+        shuffle: shuffle indices and batches; without it, windows follow index order.
+        drop_last: drop the last batch if it has fewer than ``batch_size`` samples
+            (fixed-size mode; token batches are never incomplete).
+        seed: root seed of the order; equal on all ranks.
+        sort_window: samples sorted together (default ``100`` batches' worth): larger
+            means less padding, smaller means more randomness.
+
+    Raises:
+        ValueError: for bad sizes, negative lengths, or a sample longer than ``max_tokens``
+            (named by index).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        sort_window: int | None = None,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if self.lengths.ndim != 1:
+            raise ValueError(f"lengths must be 1-D, got shape {self.lengths.shape}")
+        if (batch_size is None) == (max_tokens is None):
+            raise ValueError("give exactly one of batch_size and max_tokens")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if len(self.lengths) and self.lengths.min() < 0:
+            raise ValueError(f"lengths must be >= 0; sample {int(self.lengths.argmin())} has {self.lengths.min()}")
+        if max_tokens is not None and len(self.lengths) and self.lengths.max() > max_tokens:
+            bad = int(self.lengths.argmax())
+            raise ValueError(f"sample {bad} has length {self.lengths[bad]}, more than max_tokens={max_tokens}")
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self._init_cursor(seed)
+        if sort_window is None:
+            typical = batch_size or max(1, max_tokens // max(1, int(np.median(self.lengths)) if len(self.lengths) else 1))
+            sort_window = 100 * typical
+        if sort_window < 1:
+            raise ValueError(f"sort_window must be >= 1, got {sort_window}")
+        self.sort_window = sort_window
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def _sorted_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches in window-sorted order (before shuffling the batches)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        n = len(self.lengths)
+        generator = epoch_generator(self.seed, epoch, "order")
+        order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+        window = np.arange(n) // self.sort_window
+        # Longest first within each window, ties in shuffled order (lexsort is stable).
+        order = order[np.lexsort((-self.lengths[order], window))]
+        if self.batch_size is not None:
+            batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+                batches.pop()
+        else:
+            batches = self._pack_tokens(order, window)
+        self._cache = (epoch, batches)
+        return batches
+
+    def _pack_tokens(self, order: np.ndarray, window: np.ndarray) -> list[list[int]]:
+        assert self.max_tokens is not None
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        lengths = self.lengths[order].tolist()
+        windows = window.tolist()
+        for position, (index, length) in enumerate(zip(order.tolist(), lengths)):
+            new_window = position > 0 and windows[position] != windows[position - 1]
+            if current and (new_window or max(longest, length) * (len(current) + 1) > self.max_tokens):
+                batches.append(current)
+                current, longest = [], 0
+            current.append(index)
+            longest = max(longest, length)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _shuffled(self, units: list[Any], epoch: int) -> list[Any]:
+        if not self.shuffle:
+            return units
+        permutation = torch.randperm(len(units), generator=epoch_generator(self.seed, epoch, "batches")).tolist()
+        return [units[i] for i in permutation]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, start = self._begin_epoch()
+        return self._counted(self._shuffled(self._sorted_batches(epoch), epoch)[start:])
+
+    def __len__(self) -> int:
+        if self.batch_size is not None:
+            n = len(self.lengths)
+            return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self._sorted_batches(self.epoch))
+
+
+class DistributedBucketBatchSampler(BucketBatchSampler):
+    """:class:`BucketBatchSampler` split across ranks: every rank gets the same number of
+    batches, and at each step the ranks' batches hold similar token counts.
+
+    All ranks build the same epoch batches (same ``seed``), take them in groups of
+    ``num_replicas`` neighbours in length order (so a group's batches cost about the
+    same), pad the last group by repeating batches from the start (or drop it with
+    ``drop_last``), shuffle the groups, and rank ``r`` takes the ``r``-th batch of each.
+    """
+
+    _warn_on_auto_epoch = True
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        sort_window: int | None = None,
+    ) -> None:
+        super().__init__(lengths, batch_size, max_tokens=max_tokens, shuffle=shuffle, drop_last=drop_last,
+                         seed=seed, sort_window=sort_window)
+        self.num_replicas, self.rank = _rank_and_world(num_replicas, rank)
+
+    def _groups(self, epoch: int) -> list[list[list[int]]]:
+        batches = self._sorted_batches(epoch)
+        world = self.num_replicas
+        if self.drop_last:
+            batches = batches[: len(batches) // world * world]
+        elif batches and len(batches) % world:
+            pad = world - len(batches) % world
+            batches = batches + (batches * math.ceil(pad / len(batches)))[:pad]
+        return [batches[i : i + world] for i in range(0, len(batches), world)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, start = self._begin_epoch()
+        mine = [group[self.rank] for group in self._shuffled(self._groups(epoch), epoch)]
+        return self._counted(mine[start:])
+
+    def __len__(self) -> int:
+        return len(self._groups(self.epoch))
