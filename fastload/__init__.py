@@ -3,8 +3,28 @@
 from torch.utils.data import get_worker_info
 
 from .collate import default_collate, default_convert
+from .samplers import (
+    BucketBatchSampler,
+    DistributedBucketBatchSampler,
+    DistributedSampler,
+    DistributedSamplerWrapper,
+    RandomSampler,
+    SequentialSampler,
+)
 from .loader import DataLoader
 from .pool import WorkerDiedError
 
-__all__ = ["DataLoader", "WorkerDiedError", "default_collate", "default_convert", "get_worker_info"]
+__all__ = [
+    "BucketBatchSampler",
+    "DataLoader",
+    "DistributedBucketBatchSampler",
+    "DistributedSampler",
+    "DistributedSamplerWrapper",
+    "RandomSampler",
+    "SequentialSampler",
+    "WorkerDiedError",
+    "default_collate",
+    "default_convert",
+    "get_worker_info",
+]
 __version__ = "0.1.0"

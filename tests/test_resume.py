@@ -1,0 +1,128 @@
+"""A loader restored from state_dict() after k batches yields exactly the batches an
+uninterrupted loader yields after k, this epoch and the next ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fastload
+
+from .datasets import RandomAugment, Range, Squares
+from .helpers import assert_same
+
+
+def make(dataset, seed, **kwargs):
+    return fastload.DataLoader(dataset, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def uninterrupted(dataset, epochs, **kwargs):
+    loader = make(dataset, 0, **kwargs)
+    return [list(loader) for _ in range(epochs)]
+
+
+def interrupted(dataset, epochs, stop_epoch, stop_batch, **kwargs):
+    """Run until ``stop_batch`` batches of epoch ``stop_epoch``, save, restore into a new
+    loader (built with another generator seed: the state must carry everything), go on."""
+    loader = make(dataset, 0, **kwargs)
+    before = []
+    for epoch in range(stop_epoch + 1):
+        it = iter(loader)
+        batches = [next(it) for _ in range(stop_batch if epoch == stop_epoch else len(loader))]
+        before.append(batches)
+    state = json.loads(json.dumps(loader.state_dict()))
+    del it, loader
+    resumed = make(dataset, 99, **kwargs)
+    resumed.load_state_dict(state)
+    rest = [list(resumed) for _ in range(epochs - stop_epoch)]
+    return before, rest, state
+
+
+CASES = {
+    "sequential": dict(batch_size=5),
+    "shuffle": dict(batch_size=5, shuffle=True),
+    "shuffle_drop_last": dict(batch_size=7, shuffle=True, drop_last=True),
+    "seed_per_sample": dict(batch_size=4, shuffle=True, seed_per_sample=True),
+    "no_batching": dict(batch_size=None, shuffle=True),
+}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_mid_epoch_is_exact(case, num_workers):
+    dataset = RandomAugment() if case == "seed_per_sample" else Squares()
+    kwargs = dict(CASES[case], num_workers=num_workers)
+    full = uninterrupted(dataset, 3, **kwargs)
+    before, rest, state = interrupted(dataset, 3, stop_epoch=1, stop_batch=3, **kwargs)
+    assert state["epoch"] == 1 and state["batches"] == 3
+    assert_same(before[0], full[0])
+    assert_same(before[1], full[1][:3])
+    assert_same(rest[0], full[1][3:])
+    assert_same(rest[1], full[2])
+
+
+def test_state_after_a_finished_epoch_points_at_the_next_epoch():
+    full = uninterrupted(Squares(), 2, batch_size=8, shuffle=True)
+    loader = make(Squares(), 0, batch_size=8, shuffle=True)
+    list(loader)
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches"]) == (1, 0)
+    resumed = make(Squares(), 5, batch_size=8, shuffle=True)
+    resumed.load_state_dict(state)
+    assert_same(list(resumed), full[1])
+
+
+def test_state_is_small_and_json():
+    loader = make(Squares(10_000), 0, batch_size=8, shuffle=True, num_workers=2)
+    it = iter(loader)
+    for _ in range(5):
+        next(it)
+    state = loader.state_dict()
+    text = json.dumps(state)
+    assert len(text) < 200, text
+    assert state["batches"] == 5
+
+
+def test_resume_with_a_bucket_batch_sampler(tmp_path):
+    lengths = [int(x) for x in torch.randint(1, 50, (200,), generator=torch.Generator().manual_seed(0))]
+    def sampler():
+        return fastload.BucketBatchSampler(lengths, max_tokens=120, seed=4)
+
+    full = list(fastload.DataLoader(Squares(200), batch_sampler=sampler(), num_workers=2))
+    loader = fastload.DataLoader(Squares(200), batch_sampler=sampler(), num_workers=2)
+    it = iter(loader)
+    head = [next(it) for _ in range(6)]
+    state = loader.state_dict()
+    resumed = fastload.DataLoader(Squares(200), batch_sampler=sampler())
+    resumed.load_state_dict(state)
+    assert_same(head + list(resumed), full)
+
+
+def test_torch_samplers_are_replayed_with_a_warning():
+    order = list(range(39, -1, -1))  # any deterministic sampler: a plain list of indices
+    full = list(fastload.DataLoader(Squares(), sampler=order, batch_size=4))
+    loader = fastload.DataLoader(Squares(), sampler=order, batch_size=4)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    resumed = fastload.DataLoader(Squares(), sampler=order, batch_size=4)
+    with pytest.warns(UserWarning, match="replaying its first 3 items"):
+        resumed.load_state_dict(loader.state_dict())
+    assert_same(head + list(resumed), full)
+
+
+def test_iterable_datasets_are_fast_forwarded_with_a_warning():
+    full = list(fastload.DataLoader(Range(0, 30), batch_size=4, num_workers=2))
+    loader = fastload.DataLoader(Range(0, 30), batch_size=4, num_workers=2)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    resumed = fastload.DataLoader(Range(0, 30), batch_size=4, num_workers=2)
+    with pytest.warns(UserWarning, match="re-reads and discards 3 batches"):
+        resumed.load_state_dict(loader.state_dict())
+    assert_same(head + list(resumed), full)
+
+
+def test_load_state_dict_rejects_incomplete_state():
+    with pytest.raises(KeyError, match="batches"):
+        fastload.DataLoader(Squares()).load_state_dict({"seed": 1, "epoch": 0})
