@@ -2,7 +2,7 @@
 
 from torch.utils.data import get_worker_info
 
-from .collate import default_collate, default_convert
+from .collate import PadCollator, VoxelCollator, default_collate, default_convert
 from .samplers import (
     BucketBatchSampler,
     DistributedBucketBatchSampler,
@@ -20,8 +20,10 @@ __all__ = [
     "DistributedBucketBatchSampler",
     "DistributedSampler",
     "DistributedSamplerWrapper",
+    "PadCollator",
     "RandomSampler",
     "SequentialSampler",
+    "VoxelCollator",
     "WorkerDiedError",
     "default_collate",
     "default_convert",
