@@ -13,6 +13,7 @@ from .samplers import (
 )
 from .loader import DataLoader
 from .pool import WorkerDiedError
+from . import text
 
 __all__ = [
     "BucketBatchSampler",
@@ -28,5 +29,6 @@ __all__ = [
     "default_collate",
     "default_convert",
     "get_worker_info",
+    "text",
 ]
 __version__ = "0.1.0"

@@ -23,6 +23,18 @@ def test_bench_prints_table_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_text_scenario_reports_padding_and_bucketing_cuts_it():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "text", "--batches", "6", "--repeats", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("text")}
+    assert set(rows) == {"torch", "fastload", "fastload+bucket"}
+    padding = {name: float(row.split("padding ")[1].rstrip("%")) for name, row in rows.items()}
+    assert padding["fastload+bucket"] <= 5.0 < padding["torch"] == padding["fastload"]
+
+
 def test_bench_rejects_unknown_scenarios():
     result = subprocess.run([sys.executable, "-m", "fastload.bench", "nope"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown scenario" in result.stderr

@@ -25,8 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="num_workers for both loaders (default: 2)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    parser.add_argument("--batches", type=int, default=200, help="batches per timed epoch (default: 200)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed epochs per loader (default: 7)")
+    parser.add_argument("--batches", type=int, default=200, help="batches per timed run (default: 200)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per loader (default: 7)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
     if unknown:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     print(f"fastload.bench on {os.cpu_count()} CPU cores: {', '.join(names)}", file=sys.stderr)
     results = {}
-    with tqdm(total=len(names) * args.repeats * 2, desc="epochs", unit="epoch", file=sys.stderr) as bar:
+    with tqdm(total=len(names) * args.repeats, desc="runs", unit="repeat", file=sys.stderr) as bar:
         for name in names:
             bar.set_postfix_str(name)
             results[name] = run_scenario(

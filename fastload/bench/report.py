@@ -7,22 +7,26 @@ import statistics
 from .runner import Measurement
 
 
-def ratio_stats(fast: Measurement, base: Measurement) -> tuple[float, float, float]:
-    """(min, median, max) of per-repeat ratios fastload/torch (repeat i against repeat i)."""
-    ratios = [f / b for f, b in zip(fast.batches_per_s, base.batches_per_s)]
+def ratio_stats(contender: Measurement, baseline: Measurement) -> tuple[float, float, float]:
+    """(min, median, max) of per-repeat ratios contender/baseline (repeat i against repeat i)."""
+    ratios = [c / b for c, b in zip(contender.batches_per_s, baseline.batches_per_s)]
     return min(ratios), statistics.median(ratios), max(ratios)
 
 
 def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, batch_size: int) -> str:
-    header = f"{'scenario':<10} {'loader':<9} {'batches/s median':>17} {'min':>8} {'max':>8}   fastload/torch min / median / max"
+    header = (f"{'scenario':<9} {'loader':<16} {'batches/s median':>16} {'min':>8} {'max':>8}   "
+              f"{'vs torch min / median / max':<28} notes")
     lines = [f"workers={workers} batch_size={batch_size}", header, "-" * len(header)]
     for scenario, by_loader in results.items():
-        for name in ("torch", "fastload"):
-            m = by_loader[name]
-            row = f"{scenario:<10} {name:<9} {statistics.median(m.batches_per_s):>17.1f} "
-            row += f"{min(m.batches_per_s):>8.1f} {max(m.batches_per_s):>8.1f}"
-            if name == "fastload":
-                lo, med, hi = ratio_stats(m, by_loader["torch"])
-                row += f"   {lo:.2f}x / {med:.2f}x / {hi:.2f}x"
-            lines.append(row)
+        baseline = next(iter(by_loader.values()))
+        for name, m in by_loader.items():
+            row = (f"{scenario:<9} {name:<16} {statistics.median(m.batches_per_s):>16.1f} "
+                   f"{min(m.batches_per_s):>8.1f} {max(m.batches_per_s):>8.1f}   ")
+            if m is baseline:
+                row += f"{'(baseline)':<28}"
+            else:
+                lo, med, hi = ratio_stats(m, baseline)
+                row += f"{f'{lo:.2f}x / {med:.2f}x / {hi:.2f}x':<28}"
+            row += " ".join(f"{k} {v}" for k, v in m.notes.items())
+            lines.append(row.rstrip())
     return "\n".join(lines)

@@ -1,32 +1,30 @@
-"""Timing loaders interleaved, epoch by epoch."""
+"""Timing contenders interleaved, run by run."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.utils.data
-
-import fastload
-
-from .scenarios import Scenario
+from .scenarios import Contender, Scenario
 
 
 @dataclass
 class Measurement:
     scenario: str
-    loader: str  # "torch" | "fastload"
+    loader: str
+    notes: dict[str, str] = field(default_factory=dict)
     batches_per_s: list[float] = field(default_factory=list)
 
 
-def _time_epoch(loader: Iterable[Any]) -> tuple[int, float]:
+def _time_run(loader: Iterable[Any], batches: int) -> tuple[int, float]:
     start = time.perf_counter()
-    batches = 0
-    for _batch in loader:
-        batches += 1
-    return batches, time.perf_counter() - start
+    count = 0
+    for _batch in itertools.islice(loader, batches):
+        count += 1
+    return count, time.perf_counter() - start
 
 
 def run_scenario(
@@ -38,26 +36,18 @@ def run_scenario(
     repeats: int,
     progress: Callable[[int], None],
 ) -> dict[str, Measurement]:
-    """Time ``repeats`` epochs of each loader, alternating, after one warm-up epoch each.
-
-    Both loaders use persistent workers, so worker start-up is excluded and every
-    timed epoch measures steady-state throughput including each epoch's ramp-up.
-    """
-    dataset = scenario.make_dataset(batches, batch_size)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0, **scenario.loader_kwargs)
-    loaders = {
-        "torch": torch.utils.data.DataLoader(dataset, **kwargs),
-        "fastload": fastload.DataLoader(dataset, **kwargs),
-    }
-    results = {name: Measurement(scenario.name, name) for name in loaders}
-    for loader in loaders.values():
-        _time_epoch(loader)
+    """``progress(1)`` is called after each repeat. Time ``repeats`` runs of ``batches`` batches per contender, rotating the order each
+    repeat, after one warm-up run each (contenders use persistent workers, so worker
+    start-up is excluded; each run includes its epoch's ramp-up)."""
+    contenders: dict[str, Contender] = scenario.build(batches, batch_size, workers)
+    results = {name: Measurement(scenario.name, name, c.notes) for name, c in contenders.items()}
+    for contender in contenders.values():
+        _time_run(contender.loader, batches)
+    names = list(contenders)
     for repeat in range(repeats):
-        # Alternate which loader goes first, so neither always runs on a warmer machine.
-        order = list(loaders) if repeat % 2 == 0 else list(reversed(loaders))
-        for name in order:
-            n, seconds = _time_epoch(loaders[name])
-            results[name].batches_per_s.append(n / seconds)
-            progress(1)
-    del loaders
+        # Rotate who goes first, so that no contender always runs on a warmer machine.
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            count, seconds = _time_run(contenders[name].loader, batches)
+            results[name].batches_per_s.append(count / seconds)
+        progress(1)
     return results
