@@ -18,3 +18,14 @@ def test_train_synthetic_classifier_runs_and_learns():
     losses = [float(line.split()[3]) for line in result.stdout.splitlines() if line.startswith("step")]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert "samples/s" in result.stdout
+
+
+def test_train_text_bucketing_runs_and_bucketing_cuts_padding():
+    result = subprocess.run(
+        [sys.executable, "examples/train_text_bucketing.py", "--sequences", "4000", "--steps", "30"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    padding = {line.split()[0]: float(line.split("padded tokens")[1].split("%")[0]) for line in result.stdout.splitlines()}
+    assert padding["bucketed"] < 10 < padding["random"]
+    assert "tokens/s" in result.stdout
