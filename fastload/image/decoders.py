@@ -1,0 +1,142 @@
+"""Image decoders behind one name: the single place that decides which one runs.
+
+Every decoder turns encoded bytes into an RGB ``uint8`` tensor of shape ``(3, H, W)``
+(often a channels-last view of the decoder's own buffer: no copy), optionally at a
+reduced DCT scale that keeps at least ``min_size`` pixels (JPEG only).
+
+===============  ==========================================================  ==========
+name             what                                                        formats
+===============  ==========================================================  ==========
+``fastload``     fastload's libjpeg-turbo binding; the only one that can     JPEG
+                 decode just a crop region (used by the fused transforms)
+``simplejpeg``   simplejpeg (bundled libjpeg-turbo), fastest full decode     JPEG
+``torchvision``  ``torchvision.io.decode_jpeg`` (libjpeg-turbo)               JPEG
+``pillow``       Pillow, or Pillow-SIMD when installed (see ``pillow_flavour``)  any
+===============  ==========================================================  ==========
+
+``"auto"`` is the fastest available for the job (measured: see the README's decoder
+table). Formats a JPEG decoder cannot read (PNG, CMYK JPEG, ...) go to Pillow.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import io
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+#: Full-image decoders from fastest to slowest on CPU (ENVIRONMENT.md, README table).
+FULL_DECODE_PREFERENCE = ("simplejpeg", "fastload", "torchvision", "pillow")
+DECODERS = ("fastload", "simplejpeg", "torchvision", "pillow")
+
+
+class ImageDecodeError(ValueError):
+    """Encoded data that the decoder could not turn into an image."""
+
+
+def is_jpeg(data: bytes | memoryview | np.ndarray) -> bool:
+    return bytes(data[:3]) == JPEG_MAGIC
+
+
+def pillow_flavour() -> str:
+    """``"pillow-simd <version>"`` when Pillow-SIMD provides ``PIL``, else ``"pillow <version>"``."""
+    import PIL
+
+    try:
+        if importlib.metadata.version("pillow-simd") == PIL.__version__:
+            return f"pillow-simd {PIL.__version__}"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return f"pillow {PIL.__version__}"
+
+
+def available(name: str) -> bool:
+    if name == "fastload":
+        return importlib.util.find_spec("fastload._ext") is not None
+    if name == "simplejpeg":
+        return importlib.util.find_spec("simplejpeg") is not None
+    return name in ("torchvision", "pillow")
+
+
+def resolve(name: str) -> str:
+    """The decoder ``name`` stands for (``"auto"`` → the fastest full decoder available)."""
+    if name == "auto":
+        return next(n for n in FULL_DECODE_PREFERENCE if available(n))
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)} or 'auto'")
+    if not available(name):
+        raise ValueError(f"decoder {name!r} is not installed")
+    return name
+
+
+def _hwc_to_chw(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:  # grayscale
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _decode_simplejpeg(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+    import simplejpeg
+
+    return _hwc_to_chw(simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_size[0], min_height=min_size[1]))
+
+
+def _decode_torchvision(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image I/O in favour of TorchCodec
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def _decode_fastload(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+    from fastload import _ext
+
+    width, height, _, rgb = _ext.jpeg_header(data)
+    if not rgb:
+        return _decode_pillow(data, min_size)
+    minimum = (width, height) if min_size == (0, 0) else min_size  # (0, 0): full resolution
+    band, left, crop_width, _ = _ext.decode_jpeg_region(data, 0, 0, width, height, *minimum)
+    return _hwc_to_chw(band[:, left : left + crop_width])
+
+
+def _decode_pillow(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if min_size != (0, 0) and image.format == "JPEG":
+            image.draft("RGB", min_size)  # DCT scaling, keeping at least min_size
+        return _hwc_to_chw(np.array(image.convert("RGB")))  # PIL's own buffer is read-only
+
+
+_FULL: dict[str, Callable[[bytes, tuple[int, int]], torch.Tensor]] = {
+    "fastload": _decode_fastload,
+    "simplejpeg": _decode_simplejpeg,
+    "torchvision": _decode_torchvision,
+    "pillow": _decode_pillow,
+}
+
+
+def decode(data: bytes, decoder: str = "auto", min_size: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Decode ``data`` to an RGB ``uint8`` ``(3, H, W)`` tensor.
+
+    ``min_size`` = ``(width, height)``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale if
+    that keeps at least this many pixels; ``(0, 0)`` means full resolution. Non-JPEG data
+    always goes to Pillow.
+
+    Raises:
+        ImageDecodeError: corrupt, truncated or non-image data.
+    """
+    name = resolve(decoder)
+    if name != "pillow" and not is_jpeg(data):
+        name = "pillow"
+    try:
+        return _FULL[name](data, min_size)
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes) with {name}: {exc}") from exc
