@@ -4,14 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastload-installed
+# Pillow-SIMD replaces PIL/ in the venv; a stock Pillow of the version torchvision pulled
+# stays in $(STOCK_PILLOW) so the bench can run torch's baseline on both (ENVIRONMENT.md).
+PILLOW_SIMD := pillow-simd==12.1.1.post0
+STOCK_PILLOW := $(VENV)/stock-pillow
 
 .PHONY: bench test setup clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	test -f /usr/include/jpeglib.h || { echo "fastload needs the libjpeg-turbo headers: apt-get install libjpeg62-turbo-dev" >&2; exit 1; }
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali]"
+	$(PY) -m pip install --quiet --no-deps --target $(STOCK_PILLOW) \
+		"pillow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("pillow"))')"
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $(PILLOW_SIMD) \
+		|| echo "fastload set-up: Pillow-SIMD could not be built here; stock Pillow stays active" >&2
 	touch $(STAMP)
 
 bench: $(STAMP)
@@ -21,4 +30,4 @@ test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info fastload/*.so

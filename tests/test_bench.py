@@ -35,6 +35,21 @@ def test_text_scenario_reports_padding_and_bucketing_cuts_it():
     assert padding["fastload+bucket"] <= 5.0 < padding["torch"] == padding["fastload"]
 
 
+def test_image_scenario_on_a_users_folder(tmp_path):
+    from fastload.bench.images import make_image_folder
+
+    root = make_image_folder(tmp_path / "photos", 96, classes=3)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "image", "--data", str(root), "--repeats", "1", "--batch-size", "16"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("image ")}
+    assert "fastload" in rows and any(r.startswith("torch") for r in rows)
+    assert "in-run ceiling" in result.stdout and "decode simplejpeg" in result.stdout
+    assert str(root) in result.stdout
+
+
 def test_bench_rejects_unknown_scenarios():
     result = subprocess.run([sys.executable, "-m", "fastload.bench", "nope"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown scenario" in result.stderr

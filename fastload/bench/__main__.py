@@ -4,33 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import tempfile
 
 from tqdm import tqdm
 
 from .report import format_table
 from .runner import run_scenario
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS, BenchConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fastload.bench",
-        description="Throughput of fastload.DataLoader against torch.utils.data.DataLoader, "
-        "measured interleaved in the same run on generated data.",
+        description="Throughput of fastload against torch.utils.data.DataLoader (and DALI), measured "
+        "interleaved in the same run, on generated data or your own image folder. Writes no files.",
     )
     parser.add_argument(
         "scenarios", nargs="*", metavar="SCENARIO",
-        help=f"what to run: {', '.join(SCENARIOS)} or all (default: all)",
+        help="; ".join(f"{s.name}: {s.description}" for s in SCENARIOS.values()) + "; all (default): every one",
     )
-    parser.add_argument("--workers", type=int, default=2, help="num_workers for both loaders (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, help="num_workers (DALI: threads) for every loader (default: 2)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    parser.add_argument("--batches", type=int, default=200, help="batches per timed run (default: 200)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per loader (default: 7)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="batches per timed run (default: per scenario: "
+                        + ", ".join(f"{s.name} {s.default_batches or 'one epoch'}" for s in SCENARIOS.values()) + ")")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per loader (default: 5)")
+    parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)} or all")
+    if args.data is not None and not os.path.isdir(args.data):
+        parser.error(f"--data {args.data}: not a directory")
     return args
 
 
@@ -39,19 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.scenarios or ["all"]
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     print(f"fastload.bench on {os.cpu_count()} CPU cores: {', '.join(names)}", file=sys.stderr)
-    results = {}
-    with tqdm(total=len(names) * args.repeats, desc="runs", unit="repeat", file=sys.stderr) as bar:
+    results, notes = {}, []
+    with tempfile.TemporaryDirectory(prefix="fastload-bench-") as scratch, \
+            tqdm(total=len(names) * args.repeats, desc="runs", unit="repeat", file=sys.stderr) as bar:
+        config = BenchConfig(batch_size=args.batch_size, workers=args.workers, data=args.data, scratch=scratch)
         for name in names:
             bar.set_postfix_str(name)
-            results[name] = run_scenario(
-                SCENARIOS[name],
-                batches=args.batches,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                repeats=args.repeats,
-                progress=bar.update,
-            )
+            scenario = SCENARIOS[name]
+            setup = scenario.build(config, args.batches or scenario.default_batches)
+            try:
+                results[name] = run_scenario(setup.contenders, batches=args.batches or scenario.default_batches,
+                                             scenario=name, repeats=args.repeats, progress=bar.update)
+            finally:
+                setup.close()
+            notes += setup.report({n: statistics.median(m.batches_per_s) for n, m in results[name].items()})
     print(format_table(results, workers=args.workers, batch_size=args.batch_size))
+    for line in notes:
+        print(line)
     return 0
 
 

@@ -58,3 +58,60 @@ def make_image_folder(root: str | os.PathLike[str], images: int, classes: int = 
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         image.save(os.path.join(root, f"class_{i % classes:02d}", f"img_{i:06d}.jpg"), quality=quality)
     return root
+
+
+def stock_pillow_dir() -> str | None:
+    """Where the set-up put a stock Pillow for torch's baseline (``$FASTLOAD_STOCK_PILLOW``,
+    default ``<venv>/stock-pillow``), if it is there."""
+    import sys
+
+    path = os.environ.get("FASTLOAD_STOCK_PILLOW", os.path.join(sys.prefix, "stock-pillow"))
+    return path if os.path.isdir(os.path.join(path, "PIL")) else None
+
+
+def decoder_costs(root: str, images: int, size: int) -> dict[str, float]:
+    """Microseconds per image on one core: full decode per decoder, the full-decode
+    pipeline (decode + RandomResizedCrop + flip) per decoder, and fastload's fused decode."""
+    import time
+
+    import torch
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    from fastload.image import ImageFolder, RandomResizedCropDecode, decoders, pillow_flavour
+
+    folder = ImageFolder(root)
+    data = [folder.read(i) for i in range(0, len(folder), max(1, len(folder) // images))][:images]
+    crop = v2.RandomResizedCrop(size, antialias=True)
+    fused = RandomResizedCropDecode(size)
+    names = [n for n in decoders.DECODERS if decoders.available(n)]
+    label = {n: (pillow_flavour() if n == "pillow" else n) for n in names}
+
+    def pipeline(name: str, blob: bytes) -> torch.Tensor:
+        image = decoders.decode(blob, name)
+        params = crop.make_params([image])
+        out = F.resized_crop(image, params["top"], params["left"], params["height"], params["width"],
+                             [size, size], antialias=True)
+        return out.flip(-1) if torch.rand(1) < 0.5 else out
+
+    def per_image(fn) -> float:
+        fn(data[0])  # warm-up: imports, first-call costs
+        start = time.perf_counter()
+        for blob in data:
+            fn(blob)
+        return (time.perf_counter() - start) / len(data) * 1e6
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a worker has
+    try:
+        costs = {f"decode {label[n]}": per_image(lambda b, n=n: decoders.decode(b, n)) for n in names}
+        costs.update({f"pipeline {label[n]}": per_image(lambda b, n=n: pipeline(n, b)) for n in names})
+        costs["fused fastload"] = per_image(fused)
+    finally:
+        torch.set_num_threads(threads)
+    return costs
+
+
+def ceiling_img_per_s(costs: dict[str, float], workers: int) -> float:
+    """The best full-decode pipeline's rate on ``workers`` cores, with no loader overhead."""
+    return workers * 1e6 / min(us for name, us in costs.items() if name.startswith("pipeline "))

@@ -14,13 +14,13 @@ def ratio_stats(contender: Measurement, baseline: Measurement) -> tuple[float, f
 
 
 def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, batch_size: int) -> str:
-    header = (f"{'scenario':<9} {'loader':<16} {'batches/s median':>16} {'min':>8} {'max':>8}   "
+    header = (f"{'scenario':<9} {'loader':<32} {'batches/s median':>16} {'min':>8} {'max':>8}   "
               f"{'vs torch min / median / max':<28} notes")
     lines = [f"workers={workers} batch_size={batch_size}", header, "-" * len(header)]
     for scenario, by_loader in results.items():
         baseline = next(iter(by_loader.values()))
         for name, m in by_loader.items():
-            row = (f"{scenario:<9} {name:<16} {statistics.median(m.batches_per_s):>16.1f} "
+            row = (f"{scenario:<9} {name:<32} {statistics.median(m.batches_per_s):>16.1f} "
                    f"{min(m.batches_per_s):>8.1f} {max(m.batches_per_s):>8.1f}   ")
             if m is baseline:
                 row += f"{'(baseline)':<28}"
@@ -29,4 +29,13 @@ def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, ba
                 row += f"{f'{lo:.2f}x / {med:.2f}x / {hi:.2f}x':<28}"
             row += " ".join(f"{k} {v}" for k, v in m.notes.items())
             lines.append(row.rstrip())
+    # Where a scenario has several torch baselines (stock Pillow, Pillow-SIMD), the ratio
+    # to each one, repeat by repeat.
+    for scenario, by_loader in results.items():
+        torch_rows = [m for name, m in by_loader.items() if name.startswith("torch")]
+        for baseline in torch_rows[1:]:
+            for name, m in by_loader.items():
+                if not name.startswith("torch"):
+                    lo, med, hi = ratio_stats(m, baseline)
+                    lines.append(f"{scenario}: {name} vs {baseline.loader}: {lo:.2f}x / {med:.2f}x / {hi:.2f}x")
     return "\n".join(lines)

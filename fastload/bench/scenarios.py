@@ -6,7 +6,12 @@ are built with the same arguments unless the difference is the point (bucketing)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,53 +54,173 @@ def lognormal_corpus(sequences: int, median_length: int = 100, max_length: int =
     return TokenSequences(rng.integers(1, 32000, size=int(offsets[-1]), dtype=np.int32), offsets)
 
 
+def time_run(loader: Iterable[Any], batches: int | None) -> tuple[int, float]:
+    """(batches yielded, seconds) for up to ``batches`` batches of ``loader`` (None: an epoch)."""
+    start = time.perf_counter()
+    count = 0
+    for _batch in itertools.islice(loader, batches):
+        count += 1
+    return count, time.perf_counter() - start
+
+
 @dataclass
 class Contender:
-    loader: Any
+    """One loader under test. ``run(batches)`` times one run of it: in this process for a
+    ``loader``, or elsewhere (see ``remote.py``)."""
+
+    loader: Any = None
     #: extra columns for the table, e.g. {"padding": "3.1%"}
     notes: dict[str, str] = field(default_factory=dict)
+    run: Callable[[int | None], tuple[int, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            self.run = functools.partial(time_run, self.loader)
+
+
+@dataclass
+class BenchConfig:
+    """What the command line chose, for every scenario."""
+
+    batch_size: int
+    workers: int
+    #: the user's own ImageFolder (``--data``), else None: generated in ``scratch``
+    data: str | None
+    #: a temporary directory for generated data, removed at exit
+    scratch: str
+    #: decoder timings and the in-run ceiling are measured over this many images
+    probe_images: int = 200
+
+
+@dataclass
+class ScenarioSetup:
+    #: the loaders to compare, baseline first
+    contenders: dict[str, Contender]
+    #: lines printed under the table (decoder costs, ceilings); may use measured rates
+    report: Callable[[dict[str, float]], list[str]] = lambda rates: []
+    close: Callable[[], None] = lambda: None
 
 
 @dataclass
 class Scenario:
     name: str
     description: str
-    #: (batches per timed run, batch size, workers) -> contenders, baseline first
-    build: Callable[[int, int, int], dict[str, Contender]]
+    #: batches per timed run unless --batches says otherwise (None: one epoch)
+    default_batches: int | None
+    build: Callable[[BenchConfig, int | None], ScenarioSetup]
 
 
-def _overhead(batches: int, batch_size: int, workers: int) -> dict[str, Contender]:
-    dataset = PreDecodedImages(batches * batch_size)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
-    return {"torch": Contender(tud.DataLoader(dataset, **kwargs)), "fastload": Contender(fastload.DataLoader(dataset, **kwargs))}
+def _overhead(config: BenchConfig, batches: int | None) -> ScenarioSetup:
+    dataset = PreDecodedImages((batches or 200) * config.batch_size)
+    kwargs = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0)
+    return ScenarioSetup({
+        "torch": Contender(tud.DataLoader(dataset, **kwargs)),
+        "fastload": Contender(fastload.DataLoader(dataset, **kwargs)),
+    })
 
 
 TEXT_SEQUENCES = 100_000
 
 
-def _text(batches: int, batch_size: int, workers: int) -> dict[str, Contender]:
+def _text(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     corpus = lognormal_corpus(TEXT_SEQUENCES)
-    lengths = corpus.lengths
-    kwargs = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=fastload.PadCollator())
+    lengths, batch_size = corpus.lengths, config.batch_size
+    kwargs = dict(num_workers=config.workers, persistent_workers=config.workers > 0, collate_fn=fastload.PadCollator())
     random_batches = np.array_split(np.random.default_rng(0).permutation(len(corpus)), len(corpus) // batch_size)
     random_note = {"padding": f"{padding_fraction(random_batches, lengths):.1%}"}
     bucket = fastload.BucketBatchSampler(lengths, batch_size, seed=0)
     bucket_note = {"padding": f"{padding_fraction(list(bucket), lengths):.1%}"}
-    return {
+    return ScenarioSetup({
         "torch": Contender(tud.DataLoader(corpus, batch_size=batch_size, shuffle=True, **kwargs), random_note),
         "fastload": Contender(fastload.DataLoader(corpus, batch_size=batch_size, shuffle=True, **kwargs), random_note),
         "fastload+bucket": Contender(fastload.DataLoader(corpus, batch_sampler=bucket, **kwargs), bucket_note),
-    }
+    })
+
+
+IMAGE_SIZE = 224
+GENERATED_IMAGES = 2000
+
+
+def torch_image_loader(root: str, batch_size: int, workers: int) -> tud.DataLoader:
+    """torch's standard ImageNet training pipeline: Pillow decode, v2 crop + flip, PILToTensor."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.RandomResizedCrop(IMAGE_SIZE, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    dataset = torchvision.datasets.ImageFolder(root, transform=transform)
+    return tud.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+
+def fastload_image_loader(root: str, batch_size: int, workers: int) -> fastload.DataLoader:
+    from fastload.image import ImageFolder, RandomResizedCropDecode
+
+    dataset = ImageFolder(root, transform=RandomResizedCropDecode(IMAGE_SIZE))
+    return fastload.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                               persistent_workers=workers > 0)
+
+
+#: loader factories a remote contender can build by name
+LOADERS: dict[str, Callable[..., Any]] = {"torch-image": torch_image_loader, "fastload-image": fastload_image_loader}
+
+
+def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
+    from fastload.image import ImageFolder, pillow_flavour
+    from fastload.image.dali import DaliImageLoader, dali_available
+
+    from . import images
+    from .remote import RemoteContender
+
+    root = config.data or images.make_image_folder(os.path.join(config.scratch, "images"), GENERATED_IMAGES)
+    kwargs = dict(root=root, batch_size=config.batch_size, workers=config.workers)
+    costs = images.decoder_costs(root, config.probe_images, IMAGE_SIZE)
+    contenders: dict[str, Contender] = {}
+    closers: list[Callable[[], None]] = []
+    active = pillow_flavour()
+    stock = images.stock_pillow_dir()
+    if active.startswith("pillow-simd") and stock is not None:
+        remote = RemoteContender("torch-image", kwargs, stock)
+        closers.append(remote.close)
+        contenders[f"torch ({remote.pillow})"] = Contender(run=remote.run)
+    contenders[f"torch ({active})"] = Contender(torch_image_loader(**kwargs))
+    contenders["fastload"] = Contender(fastload_image_loader(**kwargs))
+    if dali_available():
+        dali = DaliImageLoader(ImageFolder(root), config.batch_size, num_threads=config.workers, device="cpu")
+        contenders["dali-cpu"] = Contender(dali)
+    ceiling = images.ceiling_img_per_s(costs, config.workers)
+    epoch_images = len(ImageFolder(root))
+    images_per_batch = epoch_images / math.ceil(epoch_images / config.batch_size)  # the last batch is partial
+
+    def report(rates: dict[str, float]) -> list[str]:
+        lines = [f"image: {root}; decoders (µs per image, one core): "
+                 + ", ".join(f"{name} {us:.0f}" for name, us in costs.items())]
+        best, best_us = min(((n, us) for n, us in costs.items() if n.startswith("pipeline ")), key=lambda x: x[1])
+        fastload_img_s = rates["fastload"] * images_per_batch
+        lines.append(f"image: in-run ceiling = best full-decode {best} ({best_us:.0f} µs) x {config.workers} workers "
+                     f"= {ceiling:.0f} img/s; fastload {fastload_img_s:.0f} img/s = {fastload_img_s / ceiling:.0%} of it")
+        if not active.startswith("pillow-simd"):
+            lines.append("image: Pillow-SIMD is not installed, so torch's baseline ran on stock Pillow only")
+        return lines
+
+    return ScenarioSetup(contenders, report, lambda: [close() for close in closers])
 
 
 SCENARIOS: dict[str, Scenario] = {
     "overhead": Scenario(
-        "overhead", "pre-decoded uint8 3x224x224 images from memory: the loader's own cost", _overhead
+        "overhead", "pre-decoded uint8 3x224x224 images from memory: the loader's own cost", 200, _overhead
     ),
     "text": Scenario(
         "text",
         f"{TEXT_SEQUENCES} token sequences, log-normal lengths (median 100, up to 2048), padded: "
         "random batches vs length bucketing",
+        200,
         _text,
+    ),
+    "image": Scenario(
+        "image",
+        f"{GENERATED_IMAGES} JPEG photos (or --data DIR), RandomResizedCrop {IMAGE_SIZE} + flip: "
+        "torch's standard pipeline vs fastload's fused decode vs DALI CPU",
+        None,
+        _image,
     ),
 }

@@ -1,0 +1,77 @@
+"""A contender timed in another interpreter, e.g. torch's pipeline on stock Pillow while
+this interpreter has Pillow-SIMD: same machine, same run, interleaved with the others.
+
+Protocol (one JSON object per line): the parent writes the loader spec, the child answers
+``{"ready": ..., "pillow": ...}``; then each ``{"run": N}`` is answered with
+``{"count": n, "seconds": s}``; EOF ends the child.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+
+class RemoteContender:
+    """Runs ``scenarios.LOADERS[factory](**kwargs)`` in a child with ``pythonpath`` first."""
+
+    def __init__(self, factory: str, kwargs: dict[str, Any], pythonpath: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "fastload.bench.remote"], env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self._send({"factory": factory, "kwargs": kwargs})
+        self.pillow = self._receive()["pillow"]
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._child.stdin is not None
+        self._child.stdin.write(json.dumps(message) + "\n")
+        self._child.stdin.flush()
+
+    def _receive(self) -> dict[str, Any]:
+        assert self._child.stdout is not None
+        line = self._child.stdout.readline()
+        if not line:
+            raise RuntimeError(f"remote contender exited with code {self._child.wait()}")
+        return json.loads(line)
+
+    def run(self, batches: int | None) -> tuple[int, float]:
+        self._send({"run": batches})
+        answer = self._receive()
+        return answer["count"], answer["seconds"]
+
+    def close(self) -> None:
+        if self._child.stdin is not None:
+            self._child.stdin.close()
+        try:
+            self._child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+
+
+def main() -> None:
+    from fastload.image import pillow_flavour
+
+    from .scenarios import LOADERS, time_run
+
+    spec = json.loads(sys.stdin.readline())
+    loader = LOADERS[spec["factory"]](**spec["kwargs"])
+    print(json.dumps({"ready": True, "pillow": pillow_flavour()}), flush=True)
+    for line in sys.stdin:
+        count, seconds = time_run(loader, json.loads(line)["run"])
+        print(json.dumps({"count": count, "seconds": seconds}), flush=True)
+    # Stop persistent workers now, while the interpreter is whole: torch skips its worker
+    # shutdown once interpreter exit has begun, and the exit then waits on the workers.
+    del loader
+    gc.collect()
+
+
+if __name__ == "__main__":
+    main()
