@@ -23,6 +23,7 @@ import torch
 from torch.utils.data._utils.collate import collate, default_collate_fn_map, default_convert
 
 __all__ = [
+    "Deferred",
     "PadCollator",
     "StackPlan",
     "VoxelCollator",
@@ -88,8 +89,21 @@ def _plan_stack(batch: Sequence[torch.Tensor], *, collate_fn_map: dict | None = 
     return torch.stack(list(batch), 0)
 
 
-_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {**default_collate_fn_map, torch.Tensor: _stack}
-_DEFERRED_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {**default_collate_fn_map, torch.Tensor: _plan_stack}
+class Deferred:
+    """Base of sample leaves that the main process finishes per batch (e.g. JPEGs decoded
+    on the GPU, see ``fastload.image``): collated as a plain list, left untouched."""
+
+
+def _keep_list(batch: Sequence[Deferred], *, collate_fn_map: dict | None = None) -> list[Deferred]:
+    return list(batch)
+
+
+_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {
+    **default_collate_fn_map, torch.Tensor: _stack, Deferred: _keep_list,
+}
+_DEFERRED_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {
+    **default_collate_fn_map, torch.Tensor: _plan_stack, Deferred: _keep_list,
+}
 
 
 def default_collate(batch: Sequence[Any]) -> Any:
@@ -98,7 +112,7 @@ def default_collate(batch: Sequence[Any]) -> Any:
     Tensors and numpy arrays are stacked along a new first dimension; Python numbers
     become 1-D tensors (float64 for floats, int64 for ints); strings and bytes stay a list;
     dicts, namedtuples and sequences are collated per field (a tuple becomes a list,
-    as in torch). Raises ``TypeError`` for unsupported element types and
+    as in torch); :class:`Deferred` leaves stay a list. Raises ``TypeError`` for unsupported element types and
     ``RuntimeError`` for ragged sequences or tensors of different shapes.
     """
     return collate(batch, collate_fn_map=_COLLATE_MAP)

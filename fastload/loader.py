@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ import torch.utils.data
 from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
-from .loader_iter import EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
+from .loader_iter import BatchTransformIterator, EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
@@ -47,6 +47,9 @@ class DataLoader(torch.utils.data.DataLoader):
             pinned ring and copied on a side stream ``device_prefetch`` batches ahead;
             without CUDA, a ``"cuda"`` device falls back to CPU batches with one warning.
         device_prefetch: how many batches the device copy runs ahead.
+        batch_transform: applied to every batch in the main process, before pinning or
+            the device copy: work that belongs on the GPU, e.g.
+            ``RandomResizedCropDecode(..., device="cuda").finish_batch``.
         min_slot_bytes: smallest shared-memory slot a worker creates.
 
     Raises:
@@ -77,6 +80,7 @@ class DataLoader(torch.utils.data.DataLoader):
         seed_per_sample: bool = False,
         device: torch.device | str | None = None,
         device_prefetch: int = 2,
+        batch_transform: Callable[[Any], Any] | None = None,
         min_slot_bytes: int = DEFAULT_MIN_SLOT_BYTES,
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
@@ -111,6 +115,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self.seed_per_sample = seed_per_sample
         self.device = torch.device(device) if device is not None else None
         self.device_prefetch = device_prefetch
+        self.batch_transform = batch_transform
         self.min_slot_bytes = min_slot_bytes
         self._pool: WorkerPool | None = None
         self._warned: set[str] = set()
@@ -138,8 +143,11 @@ class DataLoader(torch.utils.data.DataLoader):
         base_seed = mix_seed(self._seed, epoch, "workers")
         skip_indices, skip_batches = self._skip_indices, self._skip_batches
         self._resume_batches = self._skip_indices = self._skip_batches = 0
+        batches: Iterator[Any] = self._make_iterator(base_seed, skip_indices)
+        if self.batch_transform is not None:
+            batches = BatchTransformIterator(batches, self.batch_transform)
         source = transfer_stage(
-            self._make_iterator(base_seed, skip_indices),
+            batches,
             pin_memory=self.pin_memory,
             device=self.device,
             depth=self.device_prefetch,

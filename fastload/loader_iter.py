@@ -67,6 +67,23 @@ class EpochIterator:
         return batch
 
 
+class BatchTransformIterator:
+    """Applies the loader's ``batch_transform`` to every batch, in the main process."""
+
+    def __init__(self, source: Iterator[Any], transform: Callable[[Any], Any]) -> None:
+        self._source = source
+        self._transform = transform
+
+    def __iter__(self) -> BatchTransformIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        return self._transform(next(self._source))
+
+
 class LoaderIterator:
     """Common part: sampler, base seed, length and the IterableDataset length check."""
 

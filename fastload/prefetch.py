@@ -125,8 +125,9 @@ class CudaPrefetcher:
         return _Staging(torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True))
 
     def _launch(self, batch: Any) -> tuple[Any, torch.Tensor, torch.cuda.Event]:
+        # Only CPU leaves travel: a batch_transform may already have put some on the GPU.
         leaves: list[torch.Tensor] = []
-        map_tensors(batch, leaves.append)
+        map_tensors(batch, lambda t: leaves.append(t) if t.device.type == "cpu" else None)
         offsets, total = [], 0
         for leaf in leaves:
             offsets.append(total)
@@ -146,7 +147,7 @@ class CudaPrefetcher:
             device_buffer[offset : offset + leaf.numel() * leaf.element_size()].view(leaf.dtype).view(leaf.shape)
             for leaf, offset in zip(leaves, offsets)
         )
-        return map_tensors(batch, lambda _: next(views)), device_buffer, copied
+        return map_tensors(batch, lambda t: next(views) if t.device.type == "cpu" else t), device_buffer, copied
 
 
 def transfer_stage(source: Iterator[Any], *, pin_memory: bool, device: torch.device | None, depth: int,

@@ -2,9 +2,12 @@
 
 from .decoders import ImageDecodeError, decode, pillow_flavour
 from .folder import ImageFolder
-from .transforms import RandomResizedCropDecode, ResizeCenterCropDecode
+from .dali import DaliImageLoader
+from .transforms import EncodedCrop, RandomResizedCropDecode, ResizeCenterCropDecode
 
 __all__ = [
+    "DaliImageLoader",
+    "EncodedCrop",
     "ImageDecodeError",
     "ImageFolder",
     "RandomResizedCropDecode",

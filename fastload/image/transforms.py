@@ -7,17 +7,45 @@ crop's rows and iMCU columns, at the smallest DCT scale (1/2, 1/4, 1/8) that sti
 leaves at least the output resolution over the crop, resizes with antialiasing in
 ``uint8`` and flips. Formats other than RGB-convertible JPEG take the unfused path:
 full decode with the chosen decoder, then the same crop, resize and flip.
+
+NOTE [ GPU decode ]
+
+With ``device="cuda"`` (and CUDA usable) a worker only reads the JPEG header and draws
+the crop and flip: it returns an :class:`EncodedCrop` (the file's bytes, the box, the
+flip). Those are collated as a list (``fastload.collate.Deferred``) and
+``finish_batch`` — given to the loader as ``batch_transform`` — decodes the whole batch
+in the main process with one batched nvJPEG call (``torchvision.io.decode_jpeg(...,
+device="cuda")``), then crops, resizes and flips on the GPU. Data nvJPEG cannot take
+(non-JPEG, CMYK) is finished on the CPU in the worker and only copied. Without CUDA the
+transform says so once and runs the CPU path; ``finish_batch`` then has nothing to do.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..collate import Deferred
+from ..prefetch import cuda_usable
 from . import decoders
+
+
+@dataclass
+class EncodedCrop(Deferred):
+    """A sample whose decode is left to the GPU. See NOTE [ GPU decode ]."""
+
+    #: the JPEG file's bytes (uint8, 1-D), or None when ``image`` is already finished
+    data: torch.Tensor | None
+    #: (top, left, height, width) in the full-size image
+    box: tuple[int, int, int, int]
+    flip: bool
+    image: torch.Tensor | None = None
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -33,12 +61,30 @@ def _shape_only(height: int, width: int) -> torch.Tensor:
     return torch.empty(1, 1, 1, dtype=torch.uint8).expand(3, height, width)
 
 
+def _rgb_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG libjpeg can decode to RGB; None for other data."""
+    if not decoders.is_jpeg(data):
+        return None
+    from fastload import _ext
+
+    try:
+        width, height, _, rgb = _ext.jpeg_header(data)
+    except ValueError as exc:
+        raise decoders.ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
+    return (width, height) if rgb else None
+
+
 class _FusedDecode:
-    def __init__(self, size: int | Sequence[int], decoder: str) -> None:
+    def __init__(self, size: int | Sequence[int], decoder: str, device: str | torch.device) -> None:
         self.size = _pair(size)
         if decoder not in ("fastload", "auto"):
             decoders.resolve(decoder)  # validates the name
         self.decoder = "fastload" if decoder == "auto" and decoders.available("fastload") else decoder
+        self.device = torch.device(device)
+        self.gpu_decode = self.device.type == "cuda" and cuda_usable()
+        if self.device.type == "cuda" and not self.gpu_decode:
+            warnings.warn(f"fastload: {type(self).__name__}(device={str(self.device)!r}): CUDA is not available; "
+                          "decoding on the CPU in the workers instead.", stacklevel=3)
 
     def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         raise NotImplementedError
@@ -46,22 +92,64 @@ class _FusedDecode:
     def _flip(self) -> bool:
         return False
 
-    def __call__(self, data: bytes) -> torch.Tensor:
-        """Encoded image → ``uint8`` tensor ``(3, *size)``. Raises ``ImageDecodeError``."""
+    def __call__(self, data: bytes) -> torch.Tensor | EncodedCrop:
+        """Encoded image → ``uint8`` tensor ``(3, *size)`` (an :class:`EncodedCrop` when the
+        GPU decodes). Raises ``ImageDecodeError``."""
+        if self.gpu_decode:
+            return self._encoded(data)
+        return self._decode_on_cpu(data)
+
+    def _encoded(self, data: bytes) -> EncodedCrop:
+        size = _rgb_jpeg_size(data)
+        if size is None:
+            return EncodedCrop(None, (0, 0, 0, 0), False, image=self._decode_on_cpu(data))
+        box = self._crop_box(size[1], size[0])
+        return EncodedCrop(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, self._flip())
+
+    def finish_batch(self, batch: Any) -> Any:
+        """Main process: replace every list of :class:`EncodedCrop` in ``batch`` (a collated
+        batch of any structure) by the decoded ``uint8 (N, 3, *size)`` tensor on ``device``."""
+        if isinstance(batch, list) and batch and all(isinstance(x, EncodedCrop) for x in batch):
+            return self._decode_on_gpu(batch)
+        if isinstance(batch, dict):
+            return {k: self.finish_batch(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+            return type(batch)(self.finish_batch(v) for v in batch)
+        return batch
+
+    def _decode_on_gpu(self, crops: list[EncodedCrop]) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         out_h, out_w = self.size
-        if self.decoder == "fastload" and decoders.is_jpeg(data):
+        out = torch.empty((len(crops), 3, out_h, out_w), dtype=torch.uint8, device=self.device)
+        pending = [i for i, crop in enumerate(crops) if crop.image is None]
+        if pending:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image I/O in favour of TorchCodec
+                images = decode_jpeg([crops[i].data for i in pending], mode=ImageReadMode.RGB, device=self.device)
+            for i, image in zip(pending, images):
+                top, left, h, w = crops[i].box
+                resized = F.resized_crop(image, top, left, h, w, [out_h, out_w], antialias=True)
+                out[i] = resized.flip(-1) if crops[i].flip else resized
+        for i, crop in enumerate(crops):
+            if crop.image is not None:
+                out[i] = crop.image.to(self.device, non_blocking=True)
+        return out
+
+    def _decode_on_cpu(self, data: bytes) -> torch.Tensor:
+        out_h, out_w = self.size
+        size = _rgb_jpeg_size(data) if self.decoder == "fastload" else None
+        if size is not None:
             from fastload import _ext
 
+            top, left, h, w = self._crop_box(size[1], size[0])
             try:
-                width, height, _, rgb = _ext.jpeg_header(data)
-                if rgb:
-                    top, left, h, w = self._crop_box(height, width)
-                    band, start, crop_w, _ = _ext.decode_jpeg_region(data, left, top, w, h, out_w, out_h)
-                    # (1, 3, h', w') channels-last view of the band: the uint8 resize fast path.
-                    crop = torch.from_numpy(band[:, start : start + crop_w]).permute(2, 0, 1)
-                    return self._finish(F.resize(crop, [out_h, out_w], antialias=True))
+                band, start, crop_w, _ = _ext.decode_jpeg_region(data, left, top, w, h, out_w, out_h)
             except ValueError as exc:
                 raise decoders.ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
+            # (3, h', w') channels-last view of the band: the uint8 resize fast path.
+            crop = torch.from_numpy(band[:, start : start + crop_w]).permute(2, 0, 1)
+            return self._finish(F.resize(crop, [out_h, out_w], antialias=True))
         image = decoders.decode(data, "pillow" if self.decoder == "fastload" else self.decoder)
         top, left, h, w = self._crop_box(image.shape[1], image.shape[2])
         return self._finish(F.resized_crop(image, top, left, h, w, [out_h, out_w], antialias=True))
@@ -86,6 +174,8 @@ class RandomResizedCropDecode(_FusedDecode):
         hflip_p: probability of a horizontal flip (0 disables it and its random draw).
         decoder: ``"fastload"`` / ``"auto"`` (region decoding) or a full decoder name from
             :mod:`fastload.image.decoders` for the unfused path.
+        device: ``"cuda"`` to decode on the GPU in the main process (NOTE [ GPU decode ]);
+            pass ``batch_transform=transform.finish_batch`` to the loader.
     """
 
     def __init__(
@@ -96,8 +186,9 @@ class RandomResizedCropDecode(_FusedDecode):
         hflip_p: float = 0.5,
         *,
         decoder: str = "auto",
+        device: str | torch.device = "cpu",
     ) -> None:
-        super().__init__(size, decoder)
+        super().__init__(size, decoder, device)
         if not 0.0 <= hflip_p <= 1.0:
             raise ValueError(f"hflip_p must be in [0, 1], got {hflip_p}")
         self._sampler = v2.RandomResizedCrop(self.size, scale=scale, ratio=ratio, antialias=True)
@@ -112,7 +203,8 @@ class RandomResizedCropDecode(_FusedDecode):
 
     def __repr__(self) -> str:
         return (f"RandomResizedCropDecode(size={self.size}, scale={self._sampler.scale}, "
-                f"ratio={self._sampler.ratio}, hflip_p={self.hflip_p}, decoder={self.decoder!r})")
+                f"ratio={self._sampler.ratio}, hflip_p={self.hflip_p}, decoder={self.decoder!r}, "
+                f"device={str(self.device)!r})")
 
 
 class ResizeCenterCropDecode(_FusedDecode):
@@ -125,8 +217,9 @@ class ResizeCenterCropDecode(_FusedDecode):
             (default: ``size`` × 256 / 224, the ImageNet convention).
     """
 
-    def __init__(self, size: int | Sequence[int], resize_size: int | None = None, *, decoder: str = "auto") -> None:
-        super().__init__(size, decoder)
+    def __init__(self, size: int | Sequence[int], resize_size: int | None = None, *, decoder: str = "auto",
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(size, decoder, device)
         self.resize_size = resize_size or int(round(min(self.size) * 256 / 224))
 
     def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -136,7 +229,8 @@ class ResizeCenterCropDecode(_FusedDecode):
         return int(round((height - h) / 2.0)), int(round((width - w) / 2.0)), h, w
 
     def __repr__(self) -> str:
-        return f"ResizeCenterCropDecode(size={self.size}, resize_size={self.resize_size}, decoder={self.decoder!r})"
+        return (f"ResizeCenterCropDecode(size={self.size}, resize_size={self.resize_size}, decoder={self.decoder!r}, "
+                f"device={str(self.device)!r})")
 
 
-__all__ = ["RandomResizedCropDecode", "ResizeCenterCropDecode"]
+__all__ = ["EncodedCrop", "RandomResizedCropDecode", "ResizeCenterCropDecode"]
