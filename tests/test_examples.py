@@ -29,3 +29,12 @@ def test_train_text_bucketing_runs_and_bucketing_cuts_padding():
     padding = {line.split()[0]: float(line.split("padded tokens")[1].split("%")[0]) for line in result.stdout.splitlines()}
     assert padding["bucketed"] < 10 < padding["random"]
     assert "tokens/s" in result.stdout
+
+
+def test_train_image_classifier_runs_and_reports_stall():
+    result = subprocess.run(
+        [sys.executable, "examples/train_image_classifier.py", "--steps", "5", "--size", "64", "--batch-size", "8"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout and "data stall" in result.stdout

@@ -20,9 +20,11 @@ table). Formats a JPEG decoder cannot read (PNG, CMYK JPEG, ...) go to Pillow.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import io
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -64,10 +66,18 @@ def available(name: str) -> bool:
     return name in ("torchvision", "pillow")
 
 
+@functools.cache
+def _auto() -> str:
+    chosen = next(n for n in FULL_DECODE_PREFERENCE if available(n))
+    logging.getLogger("fastload").info("fastload.image: decoder='auto' uses %s", chosen)
+    return chosen
+
+
 def resolve(name: str) -> str:
-    """The decoder ``name`` stands for (``"auto"`` → the fastest full decoder available)."""
+    """The decoder ``name`` stands for (``"auto"`` → the fastest full decoder available,
+    logged once on the ``fastload`` logger)."""
     if name == "auto":
-        return next(n for n in FULL_DECODE_PREFERENCE if available(n))
+        return _auto()
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)} or 'auto'")
     if not available(name):
