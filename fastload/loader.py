@@ -13,7 +13,7 @@ import torch.utils.data
 from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
-from .loader_iter import BatchTransformIterator, EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
+from .loader_iter import EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, MappedIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
@@ -145,7 +145,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self._resume_batches = self._skip_indices = self._skip_batches = 0
         batches: Iterator[Any] = self._make_iterator(base_seed, skip_indices)
         if self.batch_transform is not None:
-            batches = BatchTransformIterator(batches, self.batch_transform)
+            batches = MappedIterator(batches, self.batch_transform)
         source = transfer_stage(
             batches,
             pin_memory=self.pin_memory,

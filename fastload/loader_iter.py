@@ -67,21 +67,21 @@ class EpochIterator:
         return batch
 
 
-class BatchTransformIterator:
-    """Applies the loader's ``batch_transform`` to every batch, in the main process."""
+class MappedIterator:
+    """``map(fn, source)`` that keeps ``len()``: the loader's ``batch_transform``, pinning."""
 
-    def __init__(self, source: Iterator[Any], transform: Callable[[Any], Any]) -> None:
+    def __init__(self, source: Iterator[Any], fn: Callable[[Any], Any]) -> None:
         self._source = source
-        self._transform = transform
+        self._fn = fn
 
-    def __iter__(self) -> BatchTransformIterator:
+    def __iter__(self) -> MappedIterator:
         return self
 
     def __len__(self) -> int:
         return len(self._source)  # type: ignore[arg-type]
 
     def __next__(self) -> Any:
-        return self._transform(next(self._source))
+        return self._fn(next(self._source))
 
 
 class LoaderIterator:

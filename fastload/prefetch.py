@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
+from .loader_iter import MappedIterator
+
 
 def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     """Apply ``fn`` to every tensor in a nested structure of mappings, namedtuples,
@@ -53,22 +55,6 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 
 def cuda_usable() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
-
-
-class PinningIterator:
-    """Pins every batch from ``source`` (torch's ``pin_memory`` semantics)."""
-
-    def __init__(self, source: Iterator[Any]) -> None:
-        self._source = source
-
-    def __iter__(self) -> PinningIterator:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._source)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        return torch_pin_memory(next(self._source))
 
 
 @dataclasses.dataclass
@@ -160,6 +146,6 @@ def transfer_stage(source: Iterator[Any], *, pin_memory: bool, device: torch.dev
         return source
     if pin_memory:
         if cuda_usable():
-            return PinningIterator(source)
+            return MappedIterator(source, torch_pin_memory)
         warn_once("fastload: pin_memory=True but CUDA is not available; batches are not pinned.")
     return source
