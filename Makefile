@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -f /usr/include/jpeglib.h || { echo "fastload needs the libjpeg-turbo headers: apt-get install libjpeg62-turbo-dev" >&2; exit 1; }
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar]"
 	$(PY) -m pip install --quiet --no-deps --target $(STOCK_PILLOW) \
 		"pillow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("pillow"))')"
 	$(PY) -m pip install --quiet --force-reinstall --no-deps $(PILLOW_SIMD) \

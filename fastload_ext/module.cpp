@@ -2,12 +2,17 @@
 // the GIL is released while C++ works.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <array>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "jpeg_region.h"
+#include "voxelize.h"
 
 namespace py = pybind11;
 
@@ -54,6 +59,122 @@ py::tuple decode_jpeg_region(const py::buffer& buffer, int x, int y, int width, 
   return py::make_tuple(band, result.left, result.width, result.scale_denominator);
 }
 
+// (N, C >= 3) float32/float64 points whose rows may be strided but whose columns are not.
+struct PointView {
+  const void* data;
+  std::int64_t n, channels, stride;
+  bool is_double;
+};
+
+PointView view_points(const py::array& points) {
+  const bool is_float = points.dtype().is(py::dtype::of<float>());
+  const bool is_double = points.dtype().is(py::dtype::of<double>());
+  if (!is_float && !is_double) {
+    throw py::type_error("points must be float32 or float64, got " + std::string(py::str(points.dtype())));
+  }
+  if (points.ndim() != 2 || points.shape(1) < 3) {
+    std::string shape = "(";
+    for (py::ssize_t d = 0; d < points.ndim(); ++d) shape += std::to_string(points.shape(d)) + (d + 1 < points.ndim() ? ", " : "");
+    throw py::value_error("points must have shape (N, C) with C >= 3 (x, y, z, ...), got " + shape + ")");
+  }
+  const py::ssize_t item = points.itemsize();
+  const py::ssize_t n = points.shape(0);
+  if (n == 0) return {points.data(), 0, points.shape(1), points.shape(1), is_double};  // strides are arbitrary
+  const bool rows_ok = n == 1 || (points.strides(0) % item == 0 && points.strides(0) >= item * points.shape(1));
+  if (points.strides(1) != item || !rows_ok) {
+    throw py::value_error("points must be row-major with contiguous columns (use np.ascontiguousarray)");
+  }
+  return {points.data(), n, points.shape(1), n == 1 ? points.shape(1) : points.strides(0) / item, is_double};
+}
+
+fastload::VoxelGridSpec make_spec(const std::array<float, 3>& voxel_size, const std::array<float, 6>& range) {
+  fastload::VoxelGridSpec spec;
+  const std::string error = spec.init(voxel_size.data(), range.data());
+  if (!error.empty()) throw py::value_error(error);
+  return spec;
+}
+
+class Voxelizer {
+ public:
+  Voxelizer(const std::array<float, 3>& voxel_size, const std::array<float, 6>& range, int max_points,
+            int max_voxels)
+      : spec_(make_spec(voxel_size, range)), max_points_(max_points), max_voxels_(max_voxels) {
+    if (max_points < 1) throw py::value_error("max_points_per_voxel must be >= 1, got " + std::to_string(max_points));
+    if (max_voxels < 1) throw py::value_error("max_voxels must be >= 1, got " + std::to_string(max_voxels));
+  }
+
+  py::tuple call(const py::array& points, bool return_point_voxel_id) {
+    const PointView p = view_points(points);
+    std::lock_guard<std::mutex> lock(mutex_);  // the scratch buffers are per object
+    return p.is_double ? run<double>(p, return_point_voxel_id) : run<float>(p, return_point_voxel_id);
+  }
+
+  std::array<int, 3> grid_size() const { return {spec_.grid[0], spec_.grid[1], spec_.grid[2]}; }
+
+ private:
+  template <typename T>
+  py::tuple run(const PointView& p, bool return_point_voxel_id) {
+    const T* data = static_cast<const T*>(p.data);
+    std::int32_t m;
+    {
+      py::gil_scoped_release release;
+      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, table_, assignment_,
+                                   coords_, counts_);
+    }
+    py::array_t<T> voxels({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(max_points_),
+                           static_cast<py::ssize_t>(p.channels)});
+    py::array_t<std::int32_t> coords({static_cast<py::ssize_t>(m), py::ssize_t{3}});
+    py::array_t<std::int32_t> num_points(static_cast<py::ssize_t>(m));
+    T* voxel_data = voxels.mutable_data();
+    std::int32_t* coord_data = coords.mutable_data();
+    std::int32_t* count_data = num_points.mutable_data();
+    {
+      py::gil_scoped_release release;
+      fastload::fill_hard<T>(data, p.n, p.channels, p.stride, assignment_, counts_.data(), m, max_points_,
+                             voxel_data);
+      std::copy(coords_.begin(), coords_.end(), coord_data);
+      std::copy(counts_.begin(), counts_.end(), count_data);
+    }
+    if (!return_point_voxel_id) return py::make_tuple(voxels, coords, num_points);
+    py::array_t<std::int64_t> point_voxel_id(static_cast<py::ssize_t>(p.n));
+    std::int64_t* ids = point_voxel_id.mutable_data();
+    for (std::int64_t i = 0; i < p.n; ++i) ids[i] = assignment_.voxel[i];
+    return py::make_tuple(voxels, coords, num_points, point_voxel_id);
+  }
+
+  fastload::VoxelGridSpec spec_;
+  int max_points_, max_voxels_;
+  fastload::VoxelTable table_;
+  fastload::PointAssignment assignment_;
+  std::vector<std::int32_t> coords_, counts_;
+  std::mutex mutex_;
+};
+
+template <typename T>
+py::tuple run_dynamic(const PointView& p, const fastload::VoxelGridSpec& spec) {
+  py::array_t<std::int32_t> point_coords({static_cast<py::ssize_t>(p.n), py::ssize_t{3}});
+  py::array_t<std::int64_t> point_voxel(static_cast<py::ssize_t>(p.n));
+  std::int32_t* coord_data = point_coords.mutable_data();
+  std::int64_t* voxel_data = point_voxel.mutable_data();
+  fastload::VoxelTable table;
+  std::vector<std::int32_t> unique;
+  {
+    py::gil_scoped_release release;
+    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, table, coord_data, voxel_data,
+                                  unique);
+  }
+  py::array_t<std::int32_t> voxel_coords({static_cast<py::ssize_t>(unique.size() / 3), py::ssize_t{3}});
+  std::copy(unique.begin(), unique.end(), voxel_coords.mutable_data());
+  return py::make_tuple(point_coords, voxel_coords, point_voxel);
+}
+
+py::tuple dynamic_voxelize(const py::array& points, const std::array<float, 3>& voxel_size,
+                           const std::array<float, 6>& range) {
+  const PointView p = view_points(points);
+  const fastload::VoxelGridSpec spec = make_spec(voxel_size, range);
+  return p.is_double ? run_dynamic<double>(p, spec) : run_dynamic<float>(p, spec);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
@@ -68,4 +189,13 @@ PYBIND11_MODULE(_ext, m) {
         "columns the crop covers. Returns (band, left, width, scale_denominator): band is a uint8\n"
         "(rows, band_width, 3) array whose columns [left, left + width) are the crop.\n"
         "Raises ValueError for corrupt or truncated data (libjpeg warnings are errors).");
+  py::class_<Voxelizer>(m, "Voxelizer", "Hard voxelization with buffers kept between calls (see voxelize.cpp).")
+      .def(py::init<const std::array<float, 3>&, const std::array<float, 6>&, int, int>(), py::arg("voxel_size"),
+           py::arg("point_cloud_range"), py::arg("max_points_per_voxel"), py::arg("max_voxels"))
+      .def("__call__", &Voxelizer::call, py::arg("points"), py::arg("return_point_voxel_id") = false,
+           "(voxels (M, P, C), coords (M, 3) int32 zyx, num_points (M,) int32[, point_voxel_id (N,) int64]).")
+      .def_property_readonly("grid_size", &Voxelizer::grid_size, "(x, y, z) cells of the grid.");
+  m.def("dynamic_voxelize", &dynamic_voxelize, py::arg("points"), py::arg("voxel_size"), py::arg("point_cloud_range"),
+        "(point_coords (N, 3) int32 zyx with -1 rows for dropped points, voxel_coords (K, 3) int32 in order of\n"
+        "first appearance, point_voxel (N,) int64 index into voxel_coords or -1).");
 }
