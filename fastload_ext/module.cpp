@@ -118,7 +118,7 @@ class Voxelizer {
     std::int32_t m;
     {
       py::gil_scoped_release release;
-      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, table_, assignment_,
+      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, tables_, assignment_,
                                    coords_, counts_);
     }
     py::array_t<T> voxels({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(max_points_),
@@ -144,7 +144,7 @@ class Voxelizer {
 
   fastload::VoxelGridSpec spec_;
   int max_points_, max_voxels_;
-  fastload::VoxelTable table_;
+  fastload::VoxelTables tables_;
   fastload::PointAssignment assignment_;
   std::vector<std::int32_t> coords_, counts_;
   std::mutex mutex_;
@@ -156,11 +156,11 @@ py::tuple run_dynamic(const PointView& p, const fastload::VoxelGridSpec& spec) {
   py::array_t<std::int64_t> point_voxel(static_cast<py::ssize_t>(p.n));
   std::int32_t* coord_data = point_coords.mutable_data();
   std::int64_t* voxel_data = point_voxel.mutable_data();
-  fastload::VoxelTable table;
+  fastload::VoxelTables tables;
   std::vector<std::int32_t> unique;
   {
     py::gil_scoped_release release;
-    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, table, coord_data, voxel_data,
+    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, tables, coord_data, voxel_data,
                                   unique);
   }
   py::array_t<std::int32_t> voxel_coords({static_cast<py::ssize_t>(unique.size() / 3), py::ssize_t{3}});

@@ -10,7 +10,8 @@
 // * a voxel keeps its first max_points points in input order;
 // * coordinates are (z, y, x).
 //
-// Performance: one hash lookup per point against a table sized for max_voxels (no dense
+// Performance: far-out points are rejected with comparisons only; one hash probe per
+// change of voxel against a table sized for max_voxels (no dense
 // grid: SECOND's grid has 92M cells), with a one-entry cache because consecutive points of
 // a spinning-lidar scan usually share a voxel; outputs are written once, padding rows only
 // of the voxels that exist.
@@ -72,41 +73,6 @@ std::string VoxelGridSpec::init(const float voxel_size_xyz[3], const float range
   return {};
 }
 
-void VoxelTable::prepare(std::size_t max_entries) {
-  std::size_t capacity = 16;
-  while (capacity < 2 * max_entries) capacity *= 2;
-  if (capacity > entries_.size()) {
-    entries_.assign(capacity, Entry{0, -1, 0});
-    generation_ = 0;
-  }
-  mask_ = entries_.size() - 1;
-  shift_ = 64 - __builtin_ctzll(static_cast<unsigned long long>(entries_.size()));
-  if (++generation_ == 0) {  // wrapped: old stamps could look current again
-    for (Entry& e : entries_) e.generation = 0;
-    generation_ = 1;
-  }
-}
-
-// Fibonacci hashing: the high bits of key * 2^64/phi depend on every bit of the key, so
-// neighbouring voxels (consecutive linear indices) land far apart.
-std::size_t VoxelTable::slot(std::int64_t key) const {
-  return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift_);
-}
-
-std::int32_t VoxelTable::find(std::int64_t key) const {
-  for (std::size_t i = slot(key);; i = (i + 1) & mask_) {
-    const Entry& e = entries_[i];
-    if (e.generation != generation_) return -1;
-    if (e.key == key) return e.value;
-  }
-}
-
-void VoxelTable::insert(std::int64_t key, std::int32_t value) {
-  std::size_t i = slot(key);
-  while (entries_[i].generation == generation_) i = (i + 1) & mask_;
-  entries_[i] = Entry{key, value, generation_};
-}
-
 namespace {
 
 // The voxel's linear index (z-major), or -1 if the point is outside the grid.
@@ -164,10 +130,10 @@ void write_voxels(const T* points, std::int64_t stride, std::int64_t channels, c
 
 }  // namespace
 
-template <typename T>
-std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                         int max_points, int max_voxels, VoxelTable& table, PointAssignment& out,
-                         std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts) {
+template <typename T, typename Key>
+std::int32_t assign_hard_with(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                              int max_points, int max_voxels, VoxelTable<Key>& table, PointAssignment& out,
+                              std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts) {
   table.prepare(static_cast<std::size_t>(max_voxels));
   out.voxel.resize(static_cast<std::size_t>(n));
   out.row.resize(static_cast<std::size_t>(n));
@@ -184,14 +150,16 @@ std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, c
       if (key == cached_key) {
         voxel = cached_voxel;
       } else {
-        voxel = table.find(key);
-        if (voxel < 0 && num_voxels < max_voxels) {
-          voxel = num_voxels++;
-          table.insert(key, voxel);
-          coords_zyx.insert(coords_zyx.end(), zyx, zyx + 3);
+        bool inserted = false;
+        voxel = table.find_or_insert(static_cast<Key>(key), num_voxels < max_voxels ? num_voxels : -1, inserted);
+        if (inserted) {
+          ++num_voxels;
+          coords_zyx.push_back(zyx[0]);
+          coords_zyx.push_back(zyx[1]);
+          coords_zyx.push_back(zyx[2]);
           counts.push_back(0);
         }
-        if (voxel >= 0) {  // a refused voxel is not cached: it stays refused, cheaply or not
+        if (voxel >= 0) {  // a refused voxel is not cached: it stays refused either way
           cached_key = key;
           cached_voxel = voxel;
         }
@@ -205,6 +173,16 @@ std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, c
     }
   }
   return num_voxels;
+}
+
+template <typename T>
+std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                         int max_points, int max_voxels, VoxelTables& tables, PointAssignment& out,
+                         std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts) {
+  if (spec.narrow_keys()) {
+    return assign_hard_with(points, n, stride, spec, max_points, max_voxels, tables.narrow, out, coords_zyx, counts);
+  }
+  return assign_hard_with(points, n, stride, spec, max_points, max_voxels, tables.wide, out, coords_zyx, counts);
 }
 
 template <typename T>
@@ -231,10 +209,10 @@ void fill_hard(const T* points, std::int64_t n, std::int64_t channels, std::int6
   }
 }
 
-template <typename T>
-std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                              VoxelTable& table, std::int32_t* point_coords, std::int64_t* point_voxel,
-                              std::vector<std::int32_t>& voxel_coords) {
+template <typename T, typename Key>
+std::int32_t voxelize_dynamic_with(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                                   VoxelTable<Key>& table, std::int32_t* point_coords, std::int64_t* point_voxel,
+                                   std::vector<std::int32_t>& voxel_coords) {
   table.prepare(static_cast<std::size_t>(n));
   voxel_coords.clear();
   std::int32_t num_voxels = 0;
@@ -249,30 +227,41 @@ std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stri
       point_voxel[i] = -1;
       continue;
     }
-    std::int32_t voxel = key == cached_key ? cached_voxel : table.find(key);
-    if (voxel < 0) {
-      voxel = num_voxels++;
-      table.insert(key, voxel);
-      voxel_coords.insert(voxel_coords.end(), zyx, zyx + 3);
+    if (key != cached_key) {
+      bool inserted = false;
+      cached_voxel = table.find_or_insert(static_cast<Key>(key), num_voxels, inserted);
+      if (inserted) {
+        ++num_voxels;
+        voxel_coords.insert(voxel_coords.end(), zyx, zyx + 3);
+      }
+      cached_key = key;
     }
-    cached_key = key;
-    cached_voxel = voxel;
     coords[0] = zyx[0];
     coords[1] = zyx[1];
     coords[2] = zyx[2];
-    point_voxel[i] = voxel;
+    point_voxel[i] = cached_voxel;
   }
   return num_voxels;
 }
 
+template <typename T>
+std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                              VoxelTables& tables, std::int32_t* point_coords, std::int64_t* point_voxel,
+                              std::vector<std::int32_t>& voxel_coords) {
+  if (spec.narrow_keys()) {
+    return voxelize_dynamic_with(points, n, stride, spec, tables.narrow, point_coords, point_voxel, voxel_coords);
+  }
+  return voxelize_dynamic_with(points, n, stride, spec, tables.wide, point_coords, point_voxel, voxel_coords);
+}
+
 #define FASTLOAD_INSTANTIATE(T)                                                                                   \
   template std::int32_t assign_hard<T>(const T*, std::int64_t, std::int64_t, const VoxelGridSpec&, int, int,     \
-                                       VoxelTable&, PointAssignment&, std::vector<std::int32_t>&,                \
+                                       VoxelTables&, PointAssignment&, std::vector<std::int32_t>&,               \
                                        std::vector<std::int32_t>&);                                              \
   template void fill_hard<T>(const T*, std::int64_t, std::int64_t, std::int64_t, PointAssignment&,              \
                              const std::int32_t*, std::int32_t, int, T*);                                        \
   template std::int32_t voxelize_dynamic<T>(const T*, std::int64_t, std::int64_t, const VoxelGridSpec&,         \
-                                            VoxelTable&, std::int32_t*, std::int64_t*, std::vector<std::int32_t>&);
+                                            VoxelTables&, std::int32_t*, std::int64_t*, std::vector<std::int32_t>&);
 FASTLOAD_INSTANTIATE(float)
 FASTLOAD_INSTANTIATE(double)
 #undef FASTLOAD_INSTANTIATE
