@@ -10,11 +10,10 @@
 // * a voxel keeps its first max_points points in input order;
 // * coordinates are (z, y, x).
 //
-// Performance: far-out points are rejected with comparisons only; one hash probe per
-// change of voxel against a table sized for max_voxels (no dense
-// grid: SECOND's grid has 92M cells), with a one-entry cache because consecutive points of
-// a spinning-lidar scan usually share a voxel; outputs are written once, padding rows only
-// of the voxels that exist.
+// Performance: far-out points are rejected with comparisons only; the others cost one
+// hash probe per change of voxel (consecutive points of a spinning-lidar scan usually
+// share a voxel) against a table sized for max_voxels, not a dense grid (SECOND's has 92M
+// cells); outputs are written once, front to back.
 
 #include "voxelize.h"
 
