@@ -1,5 +1,16 @@
-"""Point clouds: voxelization (C++ core in fastload_ext), I/O, datasets."""
+"""Point clouds: voxelization (C++ core in fastload_ext), file readers, generated scans."""
 
+from .io import PointCloud, PointCloudError, read_kitti_bin, read_pcd, read_ply, read_point_cloud
 from .voxelize import Voxelizer, dynamic_voxelize, hard_voxelize
 
-__all__ = ["Voxelizer", "dynamic_voxelize", "hard_voxelize"]
+__all__ = [
+    "PointCloud",
+    "PointCloudError",
+    "Voxelizer",
+    "dynamic_voxelize",
+    "hard_voxelize",
+    "read_kitti_bin",
+    "read_pcd",
+    "read_ply",
+    "read_point_cloud",
+]
