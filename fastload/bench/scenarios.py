@@ -161,7 +161,7 @@ def fastload_image_loader(root: str, batch_size: int, workers: int) -> fastload.
 
 
 #: loader factories a remote contender can build by name
-LOADERS: dict[str, Callable[..., Any]] = {"torch-image": torch_image_loader, "fastload-image": fastload_image_loader}
+LOADERS: dict[str, Callable[..., Any]] = {"torch-image": torch_image_loader}
 
 
 def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
