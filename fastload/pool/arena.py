@@ -163,11 +163,6 @@ class SlotTable:
         for slot_id in slot_ids:
             self._maps.pop((worker_id, slot_id), None)
 
-    def forget_worker(self, worker_id: int) -> None:
-        """Drop all maps of a worker that is gone; batches the user holds stay valid."""
-        for key in [k for k in self._maps if k[0] == worker_id]:
-            del self._maps[key]
-
     def lease(self, worker_id: int, slot_id: int, nbytes: int) -> np.ndarray:
         """A uint8 view of the first ``nbytes`` of a slot whose death releases the slot."""
         lease = np.frombuffer(self._maps[(worker_id, slot_id)], dtype=np.uint8, count=nbytes)
