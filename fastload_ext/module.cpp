@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -79,6 +80,9 @@ PointView view_points(const py::array& points) {
   }
   const py::ssize_t item = points.itemsize();
   const py::ssize_t n = points.shape(0);
+  if (n >= std::numeric_limits<std::int32_t>::max()) {  // point indices are 32-bit
+    throw py::value_error("points must have fewer than 2^31 - 1 rows, got " + std::to_string(n));
+  }
   if (n == 0) return {points.data(), 0, points.shape(1), points.shape(1), is_double};  // strides are arbitrary
   const bool rows_ok = n == 1 || (points.strides(0) % item == 0 && points.strides(0) >= item * points.shape(1));
   if (points.strides(1) != item || !rows_ok) {
@@ -118,8 +122,8 @@ class Voxelizer {
     std::int32_t m;
     {
       py::gil_scoped_release release;
-      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, tables_, assignment_,
-                                   coords_, counts_);
+      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, scratch_, coords_,
+                                   counts_);
     }
     py::array_t<T> voxels({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(max_points_),
                            static_cast<py::ssize_t>(p.channels)});
@@ -130,22 +134,19 @@ class Voxelizer {
     std::int32_t* count_data = num_points.mutable_data();
     {
       py::gil_scoped_release release;
-      fastload::fill_hard<T>(data, p.n, p.channels, p.stride, assignment_, counts_.data(), m, max_points_,
-                             voxel_data);
+      fastload::fill_hard<T>(data, p.n, p.channels, p.stride, scratch_, m, max_points_, voxel_data);
       std::copy(coords_.begin(), coords_.end(), coord_data);
       std::copy(counts_.begin(), counts_.end(), count_data);
     }
     if (!return_point_voxel_id) return py::make_tuple(voxels, coords, num_points);
     py::array_t<std::int64_t> point_voxel_id(static_cast<py::ssize_t>(p.n));
-    std::int64_t* ids = point_voxel_id.mutable_data();
-    for (std::int64_t i = 0; i < p.n; ++i) ids[i] = assignment_.voxel[i];
+    fastload::point_voxel_ids(scratch_, point_voxel_id.mutable_data());
     return py::make_tuple(voxels, coords, num_points, point_voxel_id);
   }
 
   fastload::VoxelGridSpec spec_;
   int max_points_, max_voxels_;
-  fastload::VoxelTables tables_;
-  fastload::PointAssignment assignment_;
+  fastload::VoxelScratch scratch_;
   std::vector<std::int32_t> coords_, counts_;
   std::mutex mutex_;
 };
@@ -156,11 +157,11 @@ py::tuple run_dynamic(const PointView& p, const fastload::VoxelGridSpec& spec) {
   py::array_t<std::int64_t> point_voxel(static_cast<py::ssize_t>(p.n));
   std::int32_t* coord_data = point_coords.mutable_data();
   std::int64_t* voxel_data = point_voxel.mutable_data();
-  fastload::VoxelTables tables;
+  fastload::VoxelScratch scratch;
   std::vector<std::int32_t> unique;
   {
     py::gil_scoped_release release;
-    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, tables, coord_data, voxel_data,
+    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, scratch, coord_data, voxel_data,
                                   unique);
   }
   py::array_t<std::int32_t> voxel_coords({static_cast<py::ssize_t>(unique.size() / 3), py::ssize_t{3}});

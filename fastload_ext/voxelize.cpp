@@ -10,38 +10,37 @@
 // * a voxel keeps its first max_points points in input order;
 // * coordinates are (z, y, x).
 //
-// Performance: far-out points are rejected with comparisons only; the others cost one
-// hash probe per change of voxel (consecutive points of a spinning-lidar scan usually
-// share a voxel) against a table sized for max_voxels, not a dense grid (SECOND's has 92M
-// cells); outputs are written once, front to back.
+// Performance. A scan's points are too irregular for a branch predictor, so the work is
+// split into passes that stream through memory without data-dependent branches:
+//   1. keys: each point's voxel key, or "outside" (vectorized by the compiler);
+//   2. runs: cuts the points where the key changes — consecutive returns of a spinning
+//      lidar often share a voxel, so the table work is per run, not per point;
+//   3. numbering: one hash-table probe per run, prefetched a few runs ahead, against a
+//      table sized for max_voxels (not a dense grid: SECOND's would have 92M cells);
+//   4. coordinates of the M voxels, from their keys;
+//   5. fill: each point is copied straight to its row. Voxels are numbered in order of
+//      their first point, so the rows written move front to back through the output
+//      (a point revisiting an older voxel lands a ring of the sensor behind, still in
+//      cache); each voxel's rows are zeroed just before the points reach it, so the
+//      output is written once, not zeroed in a separate pass.
 
 #include "voxelize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+// The per-point passes are written to vectorize; on x86-64 a second copy for AVX2 (twice
+// the lanes of the SSE2 baseline) is chosen when the module loads (function
+// multi-versioning), so one build runs everywhere and fast where it can.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTLOAD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTLOAD_VECTOR_CLONES
+#endif
+
 namespace fastload {
-
-namespace {
-
-// The quotient the rule floors, computed exactly as linear_index does.
-template <typename T>
-T quotient(T p, float range_min, float voxel_size) {
-  return (p - static_cast<T>(range_min)) / static_cast<T>(voxel_size);
-}
-
-// A coordinate P with quotient(P) >= grid. quotient is non-decreasing in p (a rounded
-// subtraction, then a rounded division by a positive number), so every p >= P is out of
-// the grid too. Found by stepping up from the range's upper bound and checking.
-template <typename T>
-T reject_threshold(float range_min, float range_max, float voxel_size, int grid) {
-  T p = static_cast<T>(range_max);
-  while (!(quotient<T>(p, range_min, voxel_size) >= static_cast<T>(grid))) p += static_cast<T>(voxel_size);
-  return p;
-}
-
-}  // namespace
 
 std::string VoxelGridSpec::init(const float voxel_size_xyz[3], const float range_xyzxyz[6]) {
   static const char* axis = "xyz";
@@ -63,8 +62,8 @@ std::string VoxelGridSpec::init(const float voxel_size_xyz[3], const float range
              std::to_string(cells);
     }
     grid[d] = static_cast<int>(cells);
-    reject_at_f[d] = reject_threshold<float>(range_min[d], range_max[d], voxel_size[d], grid[d]);
-    reject_at_d[d] = reject_threshold<double>(range_min[d], range_max[d], voxel_size[d], grid[d]);
+    bits[d] = 0;
+    while ((std::int64_t{1} << bits[d]) < grid[d]) ++bits[d];
   }
   if (static_cast<double>(grid[0]) * grid[1] * grid[2] > 4.0e18) {
     return "the grid has more than 4e18 cells: its linear index would overflow";
@@ -74,193 +73,288 @@ std::string VoxelGridSpec::init(const float voxel_size_xyz[3], const float range
 
 namespace {
 
-// The voxel's linear index (z-major), or -1 if the point is outside the grid.
-//
-// Exactly the rule c = floor(q), keep iff 0 <= c < grid, without calling floor (a libm
-// call on baseline x86-64): for an integer grid, 0 <= floor(q) < grid holds iff
-// 0 <= q < grid (and NaN fails both), and for q >= 0 floor is truncation, one instruction.
-template <typename T>
-inline T reject_at(const VoxelGridSpec& spec, int d);
-template <>
-inline float reject_at<float>(const VoxelGridSpec& spec, int d) { return spec.reject_at_f[d]; }
-template <>
-inline double reject_at<double>(const VoxelGridSpec& spec, int d) { return spec.reject_at_d[d]; }
-
-template <typename T>
-inline std::int64_t linear_index(const T* p, const VoxelGridSpec& spec, std::int32_t zyx[3]) {
-  // Fast, exact rejection of points far outside (most of a scan, for a front-facing range):
-  // p < min gives a negative difference, hence q < 0; p >= reject_at gives q >= grid.
-  for (int d = 0; d < 3; ++d) {
-    if (p[d] < static_cast<T>(spec.range_min[d]) || p[d] >= reject_at<T>(spec, d)) return -1;
-  }
-  std::int64_t index = 0;
-  for (int d = 2; d >= 0; --d) {
-    const T q = (p[d] - static_cast<T>(spec.range_min[d])) / static_cast<T>(spec.voxel_size[d]);
-    if (!(q >= T(0) && q < static_cast<T>(spec.grid[d]))) return -1;
-    zyx[2 - d] = static_cast<std::int32_t>(q);
-    index = index * spec.grid[d] + zyx[2 - d];
-  }
-  return index;
+// Hides how a flag was computed from the optimizer, so that a condition combined without
+// branches is tested with one branch instead of being split back into several.
+inline bool settled(bool flag) {
+#if defined(__GNUC__) || defined(__clang__)
+  __asm__("" : "+r"(flag));
+#endif
+  return flag;
 }
 
-// Writes voxel v's rows from the points listed for it, then zeroes the rest: the
-// output is written front to back (streaming), the points are gathered from the input,
-// which is smaller than the output and mostly cached after the assignment pass.
-template <typename T, int C>
-void write_voxels(const T* points, std::int64_t stride, std::int64_t channels, const std::int32_t* order,
-                  const std::int32_t* counts, std::int32_t num_voxels, int max_points, T* voxels) {
-  const std::int64_t c = C > 0 ? C : channels;
-  T* out = voxels;
+}  // namespace
+
+template <typename Key>
+void VoxelTable<Key>::prepare(std::size_t max_voxels) {
+  std::size_t capacity = 16;
+  while (capacity < 4 * max_voxels) capacity *= 2;
+  if (capacity != entries_.size()) {
+    entries_.assign(capacity, Entry{kEmpty, -1});
+    shift_ = 64 - __builtin_ctzll(static_cast<unsigned long long>(capacity));
+    mask_ = capacity - 1;
+  } else {
+    for (std::size_t k = 0; k < used_count_; ++k) entries_[used_[k]].key = kEmpty;
+  }
+  used_.resize(max_voxels + 1);
+  used_count_ = 0;
+}
+
+// Branch-free but for the probe loop (which rarely goes past one slot): whether a run's
+// voxel is new is a coin flip, and a mispredicted branch costs more than the work it would
+// skip. So every run writes the would-be next voxel's slot, kept only if it opens, and
+// the table entry, unchanged unless it opens; the choices are masks, not branches.
+template <typename Key>
+std::int32_t VoxelTable<Key>::number_runs(const Key* keys, const std::int32_t* run_start, std::int64_t runs,
+                                          std::int32_t limit, std::int32_t* run_voxel, std::int32_t* run_row,
+                                          std::int32_t* counts) {
+  constexpr std::int64_t kLookahead = 8;  // runs: hides a cache miss at a few ns per run
+  Entry* const entries = entries_.data();
+  std::size_t* const used = used_.data();
+  const std::size_t mask = mask_;
+  const int shift = shift_;
+  const auto slot = [shift](Key key) {
+    return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift);
+  };
+  std::int32_t num_voxels = 0;
+  for (std::int64_t r = 0; r < runs; ++r) {
+    if (r + kLookahead < runs) __builtin_prefetch(&entries[slot(keys[run_start[r + kLookahead]])], 1);
+    const Key key = keys[run_start[r]];
+    std::size_t i = slot(key);
+    // One branch, not two: which of the two conditions ends the probe is the coin flip.
+    while (settled((entries[i].key != key) & (entries[i].key != kEmpty))) i = (i + 1) & mask;
+    const Entry found = entries[i];
+    const std::uint32_t known = found.key == key;  // never for kOutside: it is never stored
+    const std::uint32_t open = (known ^ 1u) & static_cast<std::uint32_t>(key != kOutside) &
+                               static_cast<std::uint32_t>(num_voxels < limit);
+    const Key key_mask = static_cast<Key>(0) - static_cast<Key>(open);
+    const std::int32_t open_mask = -static_cast<std::int32_t>(open);
+    const std::int32_t known_mask = -static_cast<std::int32_t>(known);
+    entries[i] = Entry{(key & key_mask) | (found.key & ~key_mask), (num_voxels & open_mask) | (found.value & ~open_mask)};
+    used[num_voxels] = i;
+    // known: its number; opened: the new one; otherwise -1 (neither mask set).
+    run_voxel[r] = (found.value & known_mask) | (num_voxels & open_mask) | ~(known_mask | open_mask);
+    num_voxels += static_cast<std::int32_t>(open);
+  }
+  used_count_ = static_cast<std::size_t>(num_voxels);
+  // Rows in a pass of their own: kept in the loop above, the read-modify-write of a
+  // voxel's count would wait on the table probe that names the voxel.
+  std::fill(counts - 1, counts + num_voxels, 0);
+  for (std::int64_t r = 0; r < runs; ++r) {
+    const std::int32_t voxel = run_voxel[r];
+    run_row[r] = counts[voxel];
+    counts[voxel] += run_start[r + 1] - run_start[r];
+  }
+  return num_voxels;
+}
+
+namespace {
+
+// Pass 1. Exactly the rule c = floor(q), keep iff 0 <= c < grid, without a floor call:
+// for an integer grid, 0 <= floor(q) < grid holds iff 0 <= q < grid (NaN fails both),
+// and for q >= 0 floor is truncation. Every point is computed, none is branched around,
+// so the loop vectorizes; `Stride` is a compile-time row length for the common layouts.
+template <typename T, typename Key, int Stride>
+FASTLOAD_VECTOR_CLONES void compute_keys(const T* points, std::int64_t n, std::int64_t stride,
+                                         const VoxelGridSpec& spec, Key* keys) {
+  const std::int64_t step = Stride > 0 ? Stride : stride;
+  const T min_x = spec.range_min[0], min_y = spec.range_min[1], min_z = spec.range_min[2];
+  const T size_x = spec.voxel_size[0], size_y = spec.voxel_size[1], size_z = spec.voxel_size[2];
+  const T grid_x = spec.grid[0], grid_y = spec.grid[1], grid_z = spec.grid[2];
+  const Key cells_x = static_cast<Key>(spec.grid[0]), cells_y = static_cast<Key>(spec.grid[1]);
+  const int shift_y = spec.bits[0], shift_z = spec.bits[0] + spec.bits[1];
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* p = points + i * step;
+    const T qx = (p[0] - min_x) / size_x, qy = (p[1] - min_y) / size_y, qz = (p[2] - min_z) / size_z;
+    const bool inside = (qx >= T(0)) & (qx < grid_x) & (qy >= T(0)) & (qy < grid_y) & (qz >= T(0)) & (qz < grid_z);
+    // Converting an out-of-range float is undefined: convert zero instead.
+    const Key x = static_cast<Key>(static_cast<std::int32_t>(inside ? qx : T(0)));
+    const Key y = static_cast<Key>(static_cast<std::int32_t>(inside ? qy : T(0)));
+    const Key z = static_cast<Key>(static_cast<std::int32_t>(inside ? qz : T(0)));
+    const Key key = sizeof(Key) == 4 ? (z << shift_z) | (y << shift_y) | x : (z * cells_y + y) * cells_x + x;
+    keys[i] = inside ? key : VoxelTable<Key>::kOutside;
+  }
+}
+
+template <typename T, typename Key>
+void compute_keys(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec, Key* keys) {
+  switch (stride) {
+    case 3: compute_keys<T, Key, 3>(points, n, stride, spec, keys); break;
+    case 4: compute_keys<T, Key, 4>(points, n, stride, spec, keys); break;
+    case 5: compute_keys<T, Key, 5>(points, n, stride, spec, keys); break;
+    default: compute_keys<T, Key, 0>(points, n, stride, spec, keys); break;
+  }
+}
+
+// Pass 2: the run of every point, and the first point of every run followed by n.
+// Returns the number of runs.
+template <typename Key>
+std::int64_t find_runs(const Key* keys, std::int64_t n, std::int32_t* run_start, std::int32_t* point_run) {
+  std::int64_t runs = 0;
+  Key previous = n > 0 ? ~keys[0] : Key(0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    run_start[runs] = static_cast<std::int32_t>(i);  // kept only if a run starts here
+    runs += keys[i] != previous;
+    previous = keys[i];
+    point_run[i] = static_cast<std::int32_t>(runs - 1);
+  }
+  run_start[runs] = static_cast<std::int32_t>(n);
+  return runs;
+}
+
+// Pass 4: (z, y, x) of each voxel from its key.
+void voxel_coordinates(const VoxelTable<std::uint32_t>& table, std::int32_t num_voxels, const VoxelGridSpec& spec,
+                       std::int32_t* zyx) {
+  const int shift_y = spec.bits[0], shift_z = spec.bits[0] + spec.bits[1];
+  const std::uint32_t mask_x = (1u << spec.bits[0]) - 1, mask_y = (1u << spec.bits[1]) - 1;
   for (std::int32_t v = 0; v < num_voxels; ++v) {
-    const std::int32_t used = counts[v];
-    for (std::int32_t r = 0; r < used; ++r, out += c) {
-      const T* src = points + static_cast<std::int64_t>(*order++) * stride;
+    const std::uint32_t key = table.voxel_key(v);
+    zyx[3 * v] = static_cast<std::int32_t>(key >> shift_z);
+    zyx[3 * v + 1] = static_cast<std::int32_t>((key >> shift_y) & mask_y);
+    zyx[3 * v + 2] = static_cast<std::int32_t>(key & mask_x);
+  }
+}
+
+void voxel_coordinates(const VoxelTable<std::uint64_t>& table, std::int32_t num_voxels, const VoxelGridSpec& spec,
+                       std::int32_t* zyx) {
+  const std::uint64_t cells_x = static_cast<std::uint64_t>(spec.grid[0]);
+  const std::uint64_t cells_y = static_cast<std::uint64_t>(spec.grid[1]);
+  for (std::int32_t v = 0; v < num_voxels; ++v) {
+    const std::uint64_t key = table.voxel_key(v);
+    const std::uint64_t zy = key / cells_x;
+    zyx[3 * v] = static_cast<std::int32_t>(zy / cells_y);
+    zyx[3 * v + 1] = static_cast<std::int32_t>(zy % cells_y);
+    zyx[3 * v + 2] = static_cast<std::int32_t>(key % cells_x);
+  }
+}
+
+// Passes 1 to 4 for one key width; `limit` voxels at most. Returns the number of voxels.
+template <typename T, typename Key>
+std::int32_t number_voxels(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                           std::int32_t limit, VoxelScratch& s, std::vector<Key>& keys, VoxelTable<Key>& table,
+                           std::vector<std::int32_t>& coords_zyx) {
+  keys.resize(static_cast<std::size_t>(n));
+  s.run_start.resize(static_cast<std::size_t>(n) + 1);
+  s.point_run.resize(static_cast<std::size_t>(n));
+  compute_keys(points, n, stride, spec, keys.data());
+  s.runs = find_runs(keys.data(), n, s.run_start.data(), s.point_run.data());
+  s.run_voxel.resize(static_cast<std::size_t>(s.runs));
+  s.run_row.resize(static_cast<std::size_t>(s.runs));
+  s.counts.resize(static_cast<std::size_t>(limit) + 1);
+  table.prepare(static_cast<std::size_t>(limit));
+  const std::int32_t num_voxels = table.number_runs(keys.data(), s.run_start.data(), s.runs, limit,
+                                                    s.run_voxel.data(), s.run_row.data(), s.counts.data() + 1);
+  coords_zyx.resize(3 * static_cast<std::size_t>(num_voxels));
+  voxel_coordinates(table, num_voxels, spec, coords_zyx.data());
+  return num_voxels;
+}
+
+template <typename T>
+std::int32_t number_voxels(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                           std::int32_t limit, VoxelScratch& s, std::vector<std::int32_t>& coords_zyx) {
+  if (spec.narrow_keys()) return number_voxels(points, n, stride, spec, limit, s, s.narrow_keys, s.narrow_table, coords_zyx);
+  return number_voxels(points, n, stride, spec, limit, s, s.wide_keys, s.wide_table, coords_zyx);
+}
+
+// Pass 5 for C channels (0: any). Points are taken in chunks; before a chunk, the voxels
+// its points can reach (numbers up to the highest among its runs: voxels are numbered in
+// order of first point) that are not zeroed yet are zeroed. A point that is not kept is
+// copied to a scratch row instead: a branch there would be a coin flip.
+template <typename T, int C>
+void write_voxels(const T* points, std::int64_t n, std::int64_t channels, std::int64_t stride, const VoxelScratch& s,
+                  std::int32_t num_voxels, int max_points, T* voxels) {
+  constexpr std::int64_t kChunk = 1024;  // points
+  const std::int64_t c = C > 0 ? C : channels;
+  const std::int64_t voxel_size = max_points * c;
+  std::vector<T> discarded(static_cast<std::size_t>(c));
+  const std::int32_t* point_run = s.point_run.data();
+  const std::int32_t* run_start = s.run_start.data();
+  const std::int32_t* run_voxel = s.run_voxel.data();
+  const std::int32_t* run_row = s.run_row.data();
+  std::int64_t zeroed = 0;  // voxels [0, zeroed) are
+  for (std::int64_t begin = 0; begin < n; begin += kChunk) {
+    const std::int64_t end = std::min(n, begin + kChunk);
+    std::int64_t reached = -1;
+    for (std::int64_t r = point_run[begin]; r <= point_run[end - 1]; ++r) reached = std::max<std::int64_t>(reached, run_voxel[r]);
+    if (reached >= zeroed) {
+      std::memset(voxels + zeroed * voxel_size, 0, sizeof(T) * static_cast<std::size_t>((reached + 1 - zeroed) * voxel_size));
+      zeroed = reached + 1;
+    }
+    for (std::int64_t i = begin; i < end; ++i) {
+      const std::int32_t r = point_run[i];
+      const std::int32_t voxel = run_voxel[r];
+      const std::int64_t row = run_row[r] + (i - run_start[r]);
+      const bool keep = (voxel >= 0) & (row < max_points);
+      T* out = keep ? voxels + voxel * voxel_size + row * c : discarded.data();
+      const T* src = points + i * stride;
       if (C > 0) {
         for (int k = 0; k < C; ++k) out[k] = src[k];
       } else {
         std::memcpy(out, src, sizeof(T) * static_cast<std::size_t>(c));
       }
     }
-    const std::int64_t padding = (max_points - used) * c;
-    std::memset(out, 0, sizeof(T) * static_cast<std::size_t>(padding));
-    out += padding;
   }
+  // Every voxel holds a point, so all were reached; this is for the record.
+  std::memset(voxels + zeroed * voxel_size, 0, sizeof(T) * static_cast<std::size_t>((num_voxels - zeroed) * voxel_size));
 }
 
 }  // namespace
 
-template <typename T, typename Key>
-std::int32_t assign_hard_with(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                              int max_points, int max_voxels, VoxelTable<Key>& table, PointAssignment& out,
-                              std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts) {
-  table.prepare(static_cast<std::size_t>(max_voxels));
-  out.voxel.resize(static_cast<std::size_t>(n));
-  out.row.resize(static_cast<std::size_t>(n));
-  coords_zyx.clear();
-  counts.clear();
-  std::int32_t num_voxels = 0;
-  std::int64_t cached_key = -1;
-  std::int32_t cached_voxel = -1;
-  std::int32_t zyx[3];
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t key = linear_index(points + i * stride, spec, zyx);
-    std::int32_t voxel = -1;
-    if (key >= 0) {
-      if (key == cached_key) {
-        voxel = cached_voxel;
-      } else {
-        bool inserted = false;
-        voxel = table.find_or_insert(static_cast<Key>(key), num_voxels < max_voxels ? num_voxels : -1, inserted);
-        if (inserted) {
-          ++num_voxels;
-          coords_zyx.push_back(zyx[0]);
-          coords_zyx.push_back(zyx[1]);
-          coords_zyx.push_back(zyx[2]);
-          counts.push_back(0);
-        }
-        if (voxel >= 0) {  // a refused voxel is not cached: it stays refused either way
-          cached_key = key;
-          cached_voxel = voxel;
-        }
-      }
-    }
-    out.voxel[i] = voxel;
-    if (voxel >= 0 && counts[voxel] < max_points) {
-      out.row[i] = counts[voxel]++;
-    } else {
-      out.row[i] = -1;
-    }
-  }
-  return num_voxels;
-}
-
 template <typename T>
 std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                         int max_points, int max_voxels, VoxelTables& tables, PointAssignment& out,
-                         std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts) {
-  if (spec.narrow_keys()) {
-    return assign_hard_with(points, n, stride, spec, max_points, max_voxels, tables.narrow, out, coords_zyx, counts);
-  }
-  return assign_hard_with(points, n, stride, spec, max_points, max_voxels, tables.wide, out, coords_zyx, counts);
+                         int max_points, int max_voxels, VoxelScratch& scratch, std::vector<std::int32_t>& coords_zyx,
+                         std::vector<std::int32_t>& counts) {
+  const std::int32_t num_voxels = number_voxels(points, n, stride, spec, max_voxels, scratch, coords_zyx);
+  const std::int32_t* uncapped = scratch.counts.data() + 1;
+  counts.resize(static_cast<std::size_t>(num_voxels));
+  for (std::int32_t v = 0; v < num_voxels; ++v) counts[v] = std::min(uncapped[v], max_points);
+  return num_voxels;
 }
 
 template <typename T>
-void fill_hard(const T* points, std::int64_t n, std::int64_t channels, std::int64_t stride,
-               PointAssignment& assignment, const std::int32_t* counts, std::int32_t num_voxels,
-               int max_points, T* voxels) {
-  // The kept points, grouped by voxel in row order: a counting sort whose target (4 bytes
-  // per kept point) stays in cache, unlike the output.
-  std::vector<std::int32_t>& start = assignment.voxel_start;
-  start.resize(static_cast<std::size_t>(num_voxels) + 1);
-  start[0] = 0;
-  for (std::int32_t v = 0; v < num_voxels; ++v) start[v + 1] = start[v] + counts[v];
-  std::vector<std::int32_t>& order = assignment.order;
-  order.resize(static_cast<std::size_t>(start[num_voxels]));
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int32_t row = assignment.row[i];
-    if (row >= 0) order[start[assignment.voxel[i]] + row] = static_cast<std::int32_t>(i);
-  }
+void fill_hard(const T* points, std::int64_t n, std::int64_t channels, std::int64_t stride, const VoxelScratch& s,
+               std::int32_t num_voxels, int max_points, T* voxels) {
   switch (channels) {
-    case 3: write_voxels<T, 3>(points, stride, channels, order.data(), counts, num_voxels, max_points, voxels); break;
-    case 4: write_voxels<T, 4>(points, stride, channels, order.data(), counts, num_voxels, max_points, voxels); break;
-    case 5: write_voxels<T, 5>(points, stride, channels, order.data(), counts, num_voxels, max_points, voxels); break;
-    default: write_voxels<T, 0>(points, stride, channels, order.data(), counts, num_voxels, max_points, voxels); break;
+    case 3: write_voxels<T, 3>(points, n, channels, stride, s, num_voxels, max_points, voxels); break;
+    case 4: write_voxels<T, 4>(points, n, channels, stride, s, num_voxels, max_points, voxels); break;
+    case 5: write_voxels<T, 5>(points, n, channels, stride, s, num_voxels, max_points, voxels); break;
+    default: write_voxels<T, 0>(points, n, channels, stride, s, num_voxels, max_points, voxels); break;
   }
 }
 
-template <typename T, typename Key>
-std::int32_t voxelize_dynamic_with(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                                   VoxelTable<Key>& table, std::int32_t* point_coords, std::int64_t* point_voxel,
-                                   std::vector<std::int32_t>& voxel_coords) {
-  table.prepare(static_cast<std::size_t>(n));
-  voxel_coords.clear();
-  std::int32_t num_voxels = 0;
-  std::int64_t cached_key = -1;
-  std::int32_t cached_voxel = -1;
-  std::int32_t zyx[3];
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t key = linear_index(points + i * stride, spec, zyx);
-    std::int32_t* coords = point_coords + 3 * i;
-    if (key < 0) {
-      coords[0] = coords[1] = coords[2] = -1;
-      point_voxel[i] = -1;
-      continue;
-    }
-    if (key != cached_key) {
-      bool inserted = false;
-      cached_voxel = table.find_or_insert(static_cast<Key>(key), num_voxels, inserted);
-      if (inserted) {
-        ++num_voxels;
-        voxel_coords.insert(voxel_coords.end(), zyx, zyx + 3);
-      }
-      cached_key = key;
-    }
-    coords[0] = zyx[0];
-    coords[1] = zyx[1];
-    coords[2] = zyx[2];
-    point_voxel[i] = cached_voxel;
-  }
-  return num_voxels;
+void point_voxel_ids(const VoxelScratch& s, std::int64_t* ids) {
+  const std::int64_t n = static_cast<std::int64_t>(s.point_run.size());
+  for (std::int64_t i = 0; i < n; ++i) ids[i] = s.run_voxel[s.point_run[i]];
 }
 
 template <typename T>
 std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                              VoxelTables& tables, std::int32_t* point_coords, std::int64_t* point_voxel,
+                              VoxelScratch& s, std::int32_t* point_coords, std::int64_t* point_voxel,
                               std::vector<std::int32_t>& voxel_coords) {
-  if (spec.narrow_keys()) {
-    return voxelize_dynamic_with(points, n, stride, spec, tables.narrow, point_coords, point_voxel, voxel_coords);
+  // Every point may open a voxel: the limit is n, never reached.
+  const std::int32_t num_voxels =
+      number_voxels(points, n, stride, spec, static_cast<std::int32_t>(n), s, voxel_coords);
+  point_voxel_ids(s, point_voxel);
+  static const std::int32_t kDropped[3] = {-1, -1, -1};
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t voxel = point_voxel[i];
+    const std::int32_t* zyx = voxel >= 0 ? voxel_coords.data() + 3 * voxel : kDropped;
+    point_coords[3 * i] = zyx[0];
+    point_coords[3 * i + 1] = zyx[1];
+    point_coords[3 * i + 2] = zyx[2];
   }
-  return voxelize_dynamic_with(points, n, stride, spec, tables.wide, point_coords, point_voxel, voxel_coords);
+  return num_voxels;
 }
+
+template class VoxelTable<std::uint32_t>;
+template class VoxelTable<std::uint64_t>;
 
 #define FASTLOAD_INSTANTIATE(T)                                                                                   \
   template std::int32_t assign_hard<T>(const T*, std::int64_t, std::int64_t, const VoxelGridSpec&, int, int,     \
-                                       VoxelTables&, PointAssignment&, std::vector<std::int32_t>&,               \
-                                       std::vector<std::int32_t>&);                                              \
-  template void fill_hard<T>(const T*, std::int64_t, std::int64_t, std::int64_t, PointAssignment&,              \
-                             const std::int32_t*, std::int32_t, int, T*);                                        \
+                                       VoxelScratch&, std::vector<std::int32_t>&, std::vector<std::int32_t>&);   \
+  template void fill_hard<T>(const T*, std::int64_t, std::int64_t, std::int64_t, const VoxelScratch&,           \
+                             std::int32_t, int, T*);                                                             \
   template std::int32_t voxelize_dynamic<T>(const T*, std::int64_t, std::int64_t, const VoxelGridSpec&,         \
-                                            VoxelTables&, std::int32_t*, std::int64_t*, std::vector<std::int32_t>&);
+                                            VoxelScratch&, std::int32_t*, std::int64_t*, std::vector<std::int32_t>&);
 FASTLOAD_INSTANTIATE(float)
 FASTLOAD_INSTANTIATE(double)
 #undef FASTLOAD_INSTANTIATE

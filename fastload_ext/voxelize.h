@@ -14,57 +14,43 @@ struct VoxelGridSpec {
   float range_min[3];   // x, y, z
   float range_max[3];
   int grid[3];          // x, y, z: round((max - min) / size) in float32
-  // Points at or beyond these coordinates are certainly out of the grid (verified with the
-  // exact arithmetic, see init), per points' dtype: they are rejected without a division.
-  float reject_at_f[3];
-  double reject_at_d[3];
+  int bits[3];          // x, y, z: bits that hold a coordinate in [0, grid)
 
-  // Whether every linear index fits a 32-bit key (with one value left for "empty").
-  bool narrow_keys() const {
-    return static_cast<double>(grid[0]) * grid[1] * grid[2] < 4294967295.0;
-  }
+  // A voxel's key: its coordinates packed as bit fields (z | y | x) in 32 bits when they fit
+  // in 31 (every common configuration: KITTI and nuScenes grids take 19 to 28), which
+  // keeps the table small and the coordinates a shift away; otherwise its linear index
+  // z-major in 64 bits. Either way the top values are free for "empty" and "outside".
+  bool narrow_keys() const { return bits[0] + bits[1] + bits[2] <= 31; }
 
   // Validates and computes `grid`; returns an error message, empty if fine.
   std::string init(const float voxel_size_xyz[3], const float range_xyzxyz[6]);
 };
 
-// Maps a voxel's linear index to its number among one call's voxels. Open addressing
-// with Fibonacci hashing; entries are 8 bytes with 32-bit keys (grids of < 2^32 cells,
-// which is every common configuration), so the table stays in cache while the points
-// stream past it. Only the slots a call used are cleared before the next call.
+// Maps a voxel's key to its number among one call's voxels. Open
+// addressing with Fibonacci hashing and linear probing, at most a quarter full so that
+// probes, the lookups of refused voxels included, rarely go past the first slot. Entries
+// are 8 bytes with 32-bit keys. Only
+// the slots a call used are cleared before the next call: no dense grid, no full reset.
 template <typename Key>
 class VoxelTable {
  public:
   static constexpr Key kEmpty = static_cast<Key>(-1);
+  static constexpr Key kOutside = static_cast<Key>(-2);  // a point outside the grid
 
-  void prepare(std::size_t max_entries) {
-    std::size_t capacity = 16;
-    while (capacity < 2 * max_entries) capacity *= 2;
-    if (capacity != entries_.size()) {
-      entries_.assign(capacity, Entry{kEmpty, -1});
-      shift_ = 64 - __builtin_ctzll(static_cast<unsigned long long>(capacity));
-    } else {
-      for (std::size_t i : used_) entries_[i].key = kEmpty;
-    }
-    used_.clear();
-    mask_ = capacity - 1;
-  }
+  // Readies the table for a call that may open up to `max_voxels` voxels.
+  void prepare(std::size_t max_voxels);
 
-  // The number stored for `key`. If absent: stores `value_if_absent` and returns it when
-  // that is >= 0 (setting `inserted`), else returns -1.
-  std::int32_t find_or_insert(Key key, std::int32_t value_if_absent, bool& inserted) {
-    std::size_t i = static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift_);
-    for (;; i = (i + 1) & mask_) {
-      Entry& e = entries_[i];
-      if (e.key == key) return e.value;
-      if (e.key == kEmpty) break;
-    }
-    if (value_if_absent < 0) return -1;
-    entries_[i] = Entry{key, value_if_absent};
-    used_.push_back(i);
-    inserted = true;
-    return value_if_absent;
-  }
+  // Numbers the voxel of each run of points (see VoxelScratch): run r starts at point
+  // run_start[r], its voxel's key is keys[run_start[r]]. A key not yet in the table opens
+  // the next voxel number while fewer than `limit` are open; kOutside never does. Writes
+  // each run's voxel number (-1: outside or refused) and the row its first point takes,
+  // and its uncapped point count at counts[v] (counts[-1] must be writable: the refused
+  // runs count there). Returns the number of voxels.
+  std::int32_t number_runs(const Key* keys, const std::int32_t* run_start, std::int64_t runs, std::int32_t limit,
+                           std::int32_t* run_voxel, std::int32_t* run_row, std::int32_t* counts);
+
+  // The key of voxel `number` of the last call.
+  Key voxel_key(std::int32_t number) const { return entries_[used_[static_cast<std::size_t>(number)]].key; }
 
  private:
   struct Entry {
@@ -72,45 +58,49 @@ class VoxelTable {
     std::int32_t value;
   };
   std::vector<Entry> entries_;
-  std::vector<std::size_t> used_;
+  std::vector<std::size_t> used_;  // slot of each voxel number, for the next prepare
+  std::size_t used_count_ = 0;
   std::size_t mask_ = 0;
   int shift_ = 64;
 };
 
-// Both key widths; a call uses the narrow one when the grid allows.
-struct VoxelTables {
-  VoxelTable<std::uint32_t> narrow;
-  VoxelTable<std::uint64_t> wide;
+// Scratch buffers of one voxelizer, reused between calls. A call cuts the points into
+// runs of consecutive points with the same voxel (or all outside the grid): a spinning
+// lidar's consecutive returns often share one, so the table is consulted once per run.
+struct VoxelScratch {
+  VoxelTable<std::uint32_t> narrow_table;
+  VoxelTable<std::uint64_t> wide_table;
+  std::vector<std::uint32_t> narrow_keys;  // per point
+  std::vector<std::uint64_t> wide_keys;
+  std::vector<std::int32_t> run_start;  // runs + 1 entries: first point of each run, then n
+  std::vector<std::int32_t> point_run;  // run of each point
+  std::vector<std::int32_t> run_voxel;  // voxel number of each run, or -1
+  std::vector<std::int32_t> run_row;    // the row its first point would take in the voxel
+  std::vector<std::int32_t> counts;     // per voxel, after a dummy slot for voxel -1
+  std::int64_t runs = 0;
 };
 
-// Per-point results of the assignment pass, and the fill pass's grouping; reused
-// between calls.
-struct PointAssignment {
-  std::vector<std::int32_t> voxel;  // voxel number, or -1 (out of range / refused)
-  std::vector<std::int32_t> row;    // row within the voxel, or -1 (voxel full)
-  std::vector<std::int32_t> voxel_start;  // fill: first entry of each voxel in `order`
-  std::vector<std::int32_t> order;        // fill: kept point indices, grouped by voxel
-};
-
-// Pass 1 of hard voxelization: assigns each point its voxel and row; fills the per-voxel
-// coordinates (z, y, x) and point counts. Returns the number of voxels.
+// Hard voxelization, pass 1: numbers the voxels and fills their coordinates (z, y, x)
+// and point counts (capped at max_points). Returns the number of voxels M.
 template <typename T>
 std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                         int max_points, int max_voxels, VoxelTables& tables, PointAssignment& out,
-                         std::vector<std::int32_t>& coords_zyx, std::vector<std::int32_t>& counts);
+                         int max_points, int max_voxels, VoxelScratch& scratch, std::vector<std::int32_t>& coords_zyx,
+                         std::vector<std::int32_t>& counts);
 
-// Pass 2: copies each kept point into `voxels` (M, max_points, C) and zeroes unused rows.
+// Pass 2: writes `voxels` (M, max_points, C): each voxel's kept points in input order, then zeros.
 template <typename T>
 void fill_hard(const T* points, std::int64_t n, std::int64_t channels, std::int64_t stride,
-               PointAssignment& assignment, const std::int32_t* counts, std::int32_t num_voxels,
-               int max_points, T* voxels);
+               const VoxelScratch& scratch, std::int32_t num_voxels, int max_points, T* voxels);
+
+// Per point, the voxel number assigned by the last assign_hard (-1: outside or refused).
+void point_voxel_ids(const VoxelScratch& scratch, std::int64_t* ids);
 
 // Dynamic voxelization: per-point (z, y, x) coordinates (a -1 row when dropped), the
 // voxel number of every point (-1 when dropped) and the unique voxels' coordinates in
 // order of first appearance. Returns the number of unique voxels.
 template <typename T>
 std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                              VoxelTables& tables, std::int32_t* point_coords, std::int64_t* point_voxel,
+                              VoxelScratch& scratch, std::int32_t* point_coords, std::int64_t* point_voxel,
                               std::vector<std::int32_t>& voxel_coords);
 
 }  // namespace fastload
