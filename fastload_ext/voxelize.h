@@ -49,8 +49,8 @@ class VoxelTable {
   std::int32_t number_runs(const Key* keys, const std::int32_t* run_start, std::int64_t runs, std::int32_t limit,
                            std::int32_t* run_voxel, std::int32_t* run_row, std::int32_t* counts);
 
-  // The key of voxel `number` of the last call.
-  Key voxel_key(std::int32_t number) const { return entries_[used_[static_cast<std::size_t>(number)]].key; }
+  // The keys of the voxels the last call numbered, in number order.
+  const Key* voxel_keys() const { return voxel_keys_.data(); }
 
  private:
   struct Entry {
@@ -59,6 +59,8 @@ class VoxelTable {
   };
   std::vector<Entry> entries_;
   std::vector<std::size_t> used_;  // slot of each voxel number, for the next prepare
+  std::vector<std::size_t> run_slot_;  // slot of each run's voxel
+  std::vector<Key> voxel_keys_;
   std::size_t used_count_ = 0;
   std::size_t mask_ = 0;
   int shift_ = 64;
