@@ -122,8 +122,7 @@ class Voxelizer {
     std::int32_t m;
     {
       py::gil_scoped_release release;
-      m = fastload::assign_hard<T>(data, p.n, p.stride, spec_, max_points_, max_voxels_, scratch_, coords_,
-                                   counts_);
+      m = fastload::number_voxels<T>(data, p.n, p.stride, spec_, max_voxels_, scratch_);
     }
     py::array_t<T> voxels({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(max_points_),
                            static_cast<py::ssize_t>(p.channels)});
@@ -134,9 +133,8 @@ class Voxelizer {
     std::int32_t* count_data = num_points.mutable_data();
     {
       py::gil_scoped_release release;
-      fastload::fill_hard<T>(data, p.n, p.channels, p.stride, scratch_, m, max_points_, voxel_data);
-      std::copy(coords_.begin(), coords_.end(), coord_data);
-      std::copy(counts_.begin(), counts_.end(), count_data);
+      fastload::fill_hard<T>(data, p.channels, p.stride, scratch_, m, max_points_, voxel_data, count_data);
+      fastload::voxel_coordinates(spec_, scratch_, m, coord_data);
     }
     if (!return_point_voxel_id) return py::make_tuple(voxels, coords, num_points);
     py::array_t<std::int64_t> point_voxel_id(static_cast<py::ssize_t>(p.n));
@@ -147,25 +145,31 @@ class Voxelizer {
   fastload::VoxelGridSpec spec_;
   int max_points_, max_voxels_;
   fastload::VoxelScratch scratch_;
-  std::vector<std::int32_t> coords_, counts_;
   std::mutex mutex_;
 };
 
 template <typename T>
 py::tuple run_dynamic(const PointView& p, const fastload::VoxelGridSpec& spec) {
-  py::array_t<std::int32_t> point_coords({static_cast<py::ssize_t>(p.n), py::ssize_t{3}});
-  py::array_t<std::int64_t> point_voxel(static_cast<py::ssize_t>(p.n));
-  std::int32_t* coord_data = point_coords.mutable_data();
-  std::int64_t* voxel_data = point_voxel.mutable_data();
   fastload::VoxelScratch scratch;
-  std::vector<std::int32_t> unique;
+  std::int32_t m;
   {
     py::gil_scoped_release release;
-    fastload::voxelize_dynamic<T>(static_cast<const T*>(p.data), p.n, p.stride, spec, scratch, coord_data, voxel_data,
-                                  unique);
+    // Every point may open a voxel: the limit is n, never reached.
+    m = fastload::number_voxels<T>(static_cast<const T*>(p.data), p.n, p.stride, spec,
+                                   static_cast<std::int32_t>(p.n), scratch);
   }
-  py::array_t<std::int32_t> voxel_coords({static_cast<py::ssize_t>(unique.size() / 3), py::ssize_t{3}});
-  std::copy(unique.begin(), unique.end(), voxel_coords.mutable_data());
+  py::array_t<std::int32_t> point_coords({static_cast<py::ssize_t>(p.n), py::ssize_t{3}});
+  py::array_t<std::int32_t> voxel_coords({static_cast<py::ssize_t>(m), py::ssize_t{3}});
+  py::array_t<std::int64_t> point_voxel(static_cast<py::ssize_t>(p.n));
+  std::int32_t* voxel_zyx = voxel_coords.mutable_data();
+  std::int32_t* point_zyx = point_coords.mutable_data();
+  std::int64_t* ids = point_voxel.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fastload::voxel_coordinates(spec, scratch, m, voxel_zyx);
+    fastload::point_voxel_ids(scratch, ids);
+    fastload::point_coordinates(scratch, voxel_zyx, point_zyx);
+  }
   return py::make_tuple(point_coords, voxel_coords, point_voxel);
 }
 

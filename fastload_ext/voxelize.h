@@ -82,27 +82,26 @@ struct VoxelScratch {
   std::int64_t runs = 0;
 };
 
-// Hard voxelization, pass 1: numbers the voxels and fills their coordinates (z, y, x)
-// and point counts (capped at max_points). Returns the number of voxels M.
+// Numbers the voxels of `points` in order of their first point, at most `max_voxels`
+// (a point of a voxel refused is dropped). Returns the number of voxels M.
 template <typename T>
-std::int32_t assign_hard(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                         int max_points, int max_voxels, VoxelScratch& scratch, std::vector<std::int32_t>& coords_zyx,
-                         std::vector<std::int32_t>& counts);
+std::int32_t number_voxels(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
+                           std::int32_t max_voxels, VoxelScratch& scratch);
 
-// Pass 2: writes `voxels` (M, max_points, C): each voxel's kept points in input order, then zeros.
+// The (z, y, x) coordinates of the M voxels of the last numbering: `zyx` (M, 3).
+void voxel_coordinates(const VoxelGridSpec& spec, const VoxelScratch& scratch, std::int32_t num_voxels,
+                       std::int32_t* zyx);
+
+// Hard voxelization's outputs for the last numbering: `voxels` (M, max_points, C), each
+// voxel's first max_points points in input order, then zeros; `num_points` (M,).
 template <typename T>
-void fill_hard(const T* points, std::int64_t n, std::int64_t channels, std::int64_t stride,
-               const VoxelScratch& scratch, std::int32_t num_voxels, int max_points, T* voxels);
+void fill_hard(const T* points, std::int64_t channels, std::int64_t stride, const VoxelScratch& scratch,
+               std::int32_t num_voxels, int max_points, T* voxels, std::int32_t* num_points);
 
-// Per point, the voxel number assigned by the last assign_hard (-1: outside or refused).
+// Per point, its voxel's number in the last numbering (-1: outside or refused): `ids` (N,).
 void point_voxel_ids(const VoxelScratch& scratch, std::int64_t* ids);
 
-// Dynamic voxelization: per-point (z, y, x) coordinates (a -1 row when dropped), the
-// voxel number of every point (-1 when dropped) and the unique voxels' coordinates in
-// order of first appearance. Returns the number of unique voxels.
-template <typename T>
-std::int32_t voxelize_dynamic(const T* points, std::int64_t n, std::int64_t stride, const VoxelGridSpec& spec,
-                              VoxelScratch& scratch, std::int32_t* point_coords, std::int64_t* point_voxel,
-                              std::vector<std::int32_t>& voxel_coords);
+// Per point, its voxel's coordinates from `voxel_zyx` (M, 3), or -1s: `point_zyx` (N, 3).
+void point_coordinates(const VoxelScratch& scratch, const std::int32_t* voxel_zyx, std::int32_t* point_zyx);
 
 }  // namespace fastload
