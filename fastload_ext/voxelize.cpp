@@ -86,23 +86,31 @@ inline bool settled(bool flag) {
 
 template <typename Key>
 void VoxelTable<Key>::prepare(std::size_t max_voxels) {
+  // A quarter full at most while that fits a typical L2 cache (2 MB of 8-byte entries);
+  // half full beyond, where the table's misses cost more than its longer probes.
+  constexpr std::size_t kCacheEntries = std::size_t{1} << 18;
   std::size_t capacity = 16;
-  while (capacity < 4 * max_voxels) capacity *= 2;
+  while (capacity < 2 * max_voxels || (capacity < 4 * max_voxels && capacity < kCacheEntries)) capacity *= 2;
   if (capacity != entries_.size()) {
     entries_.assign(capacity, Entry{kEmpty, -1});
     shift_ = 64 - __builtin_ctzll(static_cast<unsigned long long>(capacity));
     mask_ = capacity - 1;
   } else {
-    // Random stores: prefetched for writing a few ahead, so that their misses overlap.
+    // Removes the last call's voxels, newest first: every insertion filled an empty slot,
+    // so removing the newest key restores the table as it was before that insertion, in
+    // which each older key is found by its probe as it was inserted. The probes are
+    // prefetched a few keys ahead, so that their misses overlap.
     constexpr std::size_t kLookahead = 16;
-    for (std::size_t k = 0; k < used_count_; ++k) {
-      if (k + kLookahead < used_count_) __builtin_prefetch(&entries_[used_[k + kLookahead]], 1);
-      entries_[used_[k]].key = kEmpty;
+    for (std::size_t k = voxel_count_; k-- > 0;) {
+      if (k >= kLookahead) __builtin_prefetch(&entries_[slot(voxel_keys_[k - kLookahead])], 1);
+      const Key key = voxel_keys_[k];
+      std::size_t i = slot(key);
+      while (entries_[i].key != key) i = (i + 1) & mask_;
+      entries_[i].key = kEmpty;
     }
   }
-  used_.resize(max_voxels + 1);
   voxel_keys_.resize(max_voxels + 1);
-  used_count_ = 0;
+  voxel_count_ = 0;
 }
 
 // Branch-free but for the probe loop (which rarely goes past one slot): whether a run's
@@ -110,21 +118,17 @@ void VoxelTable<Key>::prepare(std::size_t max_voxels) {
 // skip. So the table entry is rewritten by every run, unchanged unless the voxel opens;
 // the choices are masks, not branches. Nothing in the loop is stored at an address that
 // depends on the number of open voxels (which waits on each probe): such stores held up
-// the loop by a third on CenterPoint's table. The voxels' slots and the rows follow in
-// a second pass over the runs.
+// the loop by a third on CenterPoint's table. The voxels' keys and the rows follow in a
+// second pass over the runs.
 template <typename Key>
 std::int32_t VoxelTable<Key>::number_runs(const Key* keys, const std::int32_t* run_start, std::int64_t runs,
                                           std::int32_t limit, std::int32_t* run_voxel, std::int32_t* run_row,
                                           std::int32_t* counts) {
   constexpr std::int64_t kLookahead = 8;  // runs: hides a cache miss at a few ns per run
   Entry* const entries = entries_.data();
-  run_slot_.resize(static_cast<std::size_t>(runs));
-  std::size_t* const run_slot = run_slot_.data();
   const std::size_t mask = mask_;
   const int shift = shift_;
-  const auto slot = [shift](Key key) {
-    return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift);
-  };
+  const auto slot = [shift](Key key) { return hash(key, shift); };
   std::int32_t num_voxels = 0;
   for (std::int64_t r = 0; r < runs; ++r) {
     if (r + kLookahead < runs) __builtin_prefetch(&entries[slot(keys[run_start[r + kLookahead]])], 1);
@@ -140,26 +144,23 @@ std::int32_t VoxelTable<Key>::number_runs(const Key* keys, const std::int32_t* r
     const std::int32_t open_mask = -static_cast<std::int32_t>(open);
     const std::int32_t known_mask = -static_cast<std::int32_t>(known);
     entries[i] = Entry{(key & key_mask) | (found.key & ~key_mask), (num_voxels & open_mask) | (found.value & ~open_mask)};
-    run_slot[r] = i;
     // known: its number; opened: the new one; otherwise -1 (neither mask set).
     run_voxel[r] = (found.value & known_mask) | (num_voxels & open_mask) | ~(known_mask | open_mask);
     num_voxels += static_cast<std::int32_t>(open);
   }
   // The run that opens voxel v is the first whose number is v; a run's rows start at
   // its voxel's count so far.
-  std::size_t* const used = used_.data();
   Key* const voxel_keys = voxel_keys_.data();
   std::int32_t opened = 0;
   std::fill(counts - 1, counts + num_voxels, 0);
   for (std::int64_t r = 0; r < runs; ++r) {
     const std::int32_t voxel = run_voxel[r];
-    used[opened] = run_slot[r];  // these two are kept only if run r opened its voxel
-    voxel_keys[opened] = keys[run_start[r]];
+    voxel_keys[opened] = keys[run_start[r]];  // kept only if run r opened its voxel
     opened += voxel == opened;
     run_row[r] = counts[voxel];
     counts[voxel] += run_start[r + 1] - run_start[r];
   }
-  used_count_ = static_cast<std::size_t>(num_voxels);
+  voxel_count_ = static_cast<std::size_t>(num_voxels);
   return num_voxels;
 }
 

@@ -27,10 +27,10 @@ struct VoxelGridSpec {
 };
 
 // Maps a voxel's key to its number among one call's voxels. Open
-// addressing with Fibonacci hashing and linear probing, at most a quarter full so that
-// probes, the lookups of refused voxels included, rarely go past the first slot. Entries
-// are 8 bytes with 32-bit keys. Only
-// the slots a call used are cleared before the next call: no dense grid, no full reset.
+// addressing with Fibonacci hashing and linear probing, sized for a quarter full (half for
+// the largest max_voxels) so that probes, the lookups of refused voxels included, rarely
+// go past the first slot. Entries are 8 bytes with 32-bit keys. Only the slots a call
+// used are cleared before the next call: no dense grid, no full reset.
 template <typename Key>
 class VoxelTable {
  public:
@@ -57,11 +57,14 @@ class VoxelTable {
     Key key;
     std::int32_t value;
   };
+  static std::size_t hash(Key key, int shift) {
+    return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift);
+  }
+  std::size_t slot(Key key) const { return hash(key, shift_); }
+
   std::vector<Entry> entries_;
-  std::vector<std::size_t> used_;  // slot of each voxel number, for the next prepare
-  std::vector<std::size_t> run_slot_;  // slot of each run's voxel
-  std::vector<Key> voxel_keys_;
-  std::size_t used_count_ = 0;
+  std::vector<Key> voxel_keys_;  // of the last call's voxels, by number
+  std::size_t voxel_count_ = 0;
   std::size_t mask_ = 0;
   int shift_ = 64;
 };
