@@ -32,7 +32,7 @@
 #include <limits>
 
 // The per-point passes are written to vectorize; on x86-64 a second copy for AVX2 (twice
-// the lanes of the SSE2 baseline) is chosen when the module loads (function
+// the lanes of the SSE2 baseline, wider copies) is chosen when the module loads (function
 // multi-versioning), so one build runs everywhere and fast where it can.
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTLOAD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
@@ -205,7 +205,7 @@ void compute_keys(const T* points, std::int64_t n, std::int64_t stride, const Vo
 // Pass 2: the run of every point, and the first point of every run followed by n.
 // Returns the number of runs.
 template <typename Key>
-std::int64_t find_runs(const Key* keys, std::int64_t n, std::int32_t* run_start, std::int32_t* point_run) {
+FASTLOAD_VECTOR_CLONES std::int64_t find_runs(const Key* keys, std::int64_t n, std::int32_t* run_start, std::int32_t* point_run) {
   std::int64_t runs = 0;
   Key previous = n > 0 ? ~keys[0] : Key(0);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -282,7 +282,7 @@ inline void copy_rows(const T* src, std::int64_t stride, std::int64_t channels, 
 // is copied on its own, a point that is not kept to a scratch row (short kept runs, where
 // the block length would be a coin flip for the branch predictor).
 template <typename T, int C, bool ByRun>
-void write_voxels(const T* points, std::int64_t channels, std::int64_t stride, const VoxelScratch& s,
+FASTLOAD_VECTOR_CLONES void write_voxels(const T* points, std::int64_t channels, std::int64_t stride, const VoxelScratch& s,
                   std::int32_t num_voxels, int max_points, T* voxels) {
   constexpr std::int64_t kChunk = 256;  // runs
   const std::int64_t c = C > 0 ? C : channels;

@@ -48,6 +48,26 @@ def test_bit_exact_on_generated_scans(scans, config):
     assert_matches_reference(scans[0].astype(np.float64), *CONFIGS[config])
 
 
+def test_one_voxelizer_reused_across_inputs_stays_exact(scans):
+    # The hash table keeps its memory between calls and removes the last call's voxels at
+    # the start of the next; any slip shows up as a wrong voxel in a later call. Also
+    # exercises both fill strategies (long runs: by run; scattered points: by point),
+    # strided rows, and a grid too fine for 32-bit keys (linear 64-bit keys).
+    wide = ([0.001, 0.001, 0.001], [-60, -60, -5, 60, 60, 5], 4, 60000)
+    for voxel_size, pc_range, max_points, max_voxels in [*CONFIGS.values(), wide]:
+        voxelizer = Voxelizer(voxel_size, pc_range, max_points, max_voxels)
+        rng = np.random.default_rng(0)
+        extra_columns = np.concatenate([scans[1], rng.random((len(scans[1]), 2), dtype=np.float32)], axis=1)
+        inputs = [scans[0], scans[1], scans[0][rng.permutation(len(scans[0]))],
+                  adversarial_points(voxel_size, pc_range, np.float32), scans[0][:0], extra_columns[:, :4],
+                  scans[1].astype(np.float64), scans[0]]
+        for points in inputs:
+            got = voxelizer(points, return_point_voxel_id=True)
+            want = ref.hard_voxelize(points, voxel_size, pc_range, max_points, max_voxels)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape and np.array_equal(g, w, equal_nan=True)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("spconv") is None, reason="spconv is not installed")
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_identical_to_spconv_point_to_voxel(scans, config):
