@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -86,9 +87,55 @@ def test_truncated_and_malformed_pcd_name_the_file(tmp_path, scan):
         read_point_cloud(tmp_path / "scan.xyz")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("open3d") is not None, reason="open3d is installed")
-def test_formats_needing_open3d_say_how_to_get_it(tmp_path):
+def test_formats_needing_open3d_say_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open3d", None)  # as if it were not installed
     path = tmp_path / "scan.ply"
     path.write_bytes(b"ply\nformat ascii 1.0\nend_header\n")
     with pytest.raises(PointCloudError, match="needs open3d"):
         read_point_cloud(path)
+
+
+needs_open3d = pytest.mark.skipif(importlib.util.find_spec("open3d") is None,
+                                  reason="open3d is not installed (the README's set-up installs it)")
+
+
+def write_with_open3d(path, points: np.ndarray, **options) -> None:
+    import open3d as o3d
+
+    cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points[:, :3])))
+    cloud.point["intensity"] = o3d.core.Tensor(np.ascontiguousarray(points[:, 3:4]))
+    assert o3d.t.io.write_point_cloud(str(path), cloud, **options)
+
+
+@needs_open3d
+@pytest.mark.parametrize("name, options", [
+    ("scan.ply", {"write_ascii": False}),
+    ("scan.ply", {"write_ascii": True}),
+    ("scan.pcd", {"write_ascii": False, "compressed": True}),  # binary_compressed
+])
+def test_open3d_formats_keep_float32_and_intensity(tmp_path, scan, name, options):
+    write_with_open3d(tmp_path / name, scan, **options)
+    cloud = read_point_cloud(tmp_path / name)
+    assert cloud.fields == ("x", "y", "z", "intensity") and cloud.points.dtype == np.float32
+    if options["write_ascii"]:
+        np.testing.assert_allclose(cloud.points, scan, rtol=1e-5)  # open3d writes 6 significant digits
+    else:
+        np.testing.assert_array_equal(cloud.points, scan)
+
+
+@needs_open3d
+@pytest.mark.parametrize("name, options", [
+    ("scan.ply", {"write_ascii": False}),
+    ("scan.ply", {"write_ascii": True}),
+    ("scan.pcd", {"write_ascii": False, "compressed": True}),
+])
+def test_truncated_open3d_formats_name_the_file(tmp_path, scan, name, options):
+    # open3d itself only logs a truncated PLY and returns the cloud half-filled.
+    whole = tmp_path / name
+    write_with_open3d(whole, scan, **options)
+    data = whole.read_bytes()
+    for cut in (len(data) // 2, len(data) - 40, 40):
+        path = tmp_path / f"cut{cut}_{name}"
+        path.write_bytes(data[:cut])
+        with pytest.raises(PointCloudError, match=str(path)):
+            read_point_cloud(path)

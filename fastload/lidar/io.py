@@ -130,9 +130,54 @@ def read_pcd(path: str | os.PathLike[str]) -> PointCloud:
     return _xyz_first(path, table, columns)
 
 
+_PLY_SCALAR_BYTES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
+                     "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4,
+                     "double": 8, "float64": 8}
+
+
+def _check_ply_complete(path: str) -> None:
+    """Raises unless the PLY file holds all the elements its header announces.
+
+    open3d reports a truncated PLY only as a log line and returns the cloud with the
+    missing points left as they were allocated, so the size is checked here: exactly for
+    binary files of fixed-size elements (point clouds), by line count for ascii ones.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.find(b"end_header")
+    if not data.startswith(b"ply"):
+        raise PointCloudError(f"{path}: not a PLY file (no 'ply' magic)")
+    if end < 0:
+        raise PointCloudError(f"{path}: truncated PLY header (no end_header)")
+    body = data.index(b"\n", end) + 1 if b"\n" in data[end:] else len(data)
+    encoding, elements = "", []  # (name, count, bytes per element or None when it has a list)
+    for line in data[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if words[:1] == ["format"] and len(words) > 1:
+            encoding = words[1]
+        elif words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
+            elements.append([words[1], int(words[2]), 0])
+        elif words[:1] == ["property"] and elements and elements[-1][2] is not None:
+            size = _PLY_SCALAR_BYTES.get(words[1]) if len(words) == 3 else None
+            elements[-1][2] = None if size is None else elements[-1][2] + size
+    if encoding == "ascii":
+        lines = len(data[body:].split(b"\n")) - (data.endswith(b"\n"))
+        expected = sum(count for _, count, _ in elements)
+        if lines < expected:
+            raise PointCloudError(f"{path}: truncated: the header announces {expected} elements, "
+                                  f"the file has {lines} lines of data")
+    elif encoding.startswith("binary") and all(size is not None for _, _, size in elements):
+        expected = sum(count * size for _, count, size in elements)
+        if len(data) - body < expected:
+            raise PointCloudError(f"{path}: truncated: {', '.join(f'{count} {name}' for name, count, _ in elements)} "
+                                  f"need {expected} bytes of data, the file has {len(data) - body}")
+
+
 def read_ply(path: str | os.PathLike[str]) -> PointCloud:
-    """A PLY point cloud, through open3d's tensor API."""
-    return _read_with_open3d(os.fspath(path))
+    """A PLY point cloud, through open3d's tensor API (after checking the file is whole)."""
+    path = os.fspath(path)
+    _check_ply_complete(path)
+    return _read_with_open3d(path)
 
 
 def read_point_cloud(path: str | os.PathLike[str]) -> PointCloud:
@@ -155,8 +200,9 @@ def _xyz_first(path: str, table: np.ndarray, columns: list[str]) -> PointCloud:
 def _read_with_open3d(path: str) -> PointCloud:
     try:
         import open3d as o3d
-    except ImportError as exc:
-        raise PointCloudError(f"{path}: reading this format needs open3d (pip install open3d-cpu)") from exc
+    except (ImportError, OSError) as exc:  # OSError: open3d is there but a system library is not
+        raise PointCloudError(f"{path}: reading this format needs open3d (pip install open3d-cpu; "
+                              f"it loads the system's libusb-1.0-0): {exc}") from exc
     cloud = o3d.t.io.read_point_cloud(path)
     attributes = {name: cloud.point[name].numpy() for name in cloud.point}
     if "positions" not in attributes or len(attributes["positions"]) == 0 and os.path.getsize(path) > 512:
