@@ -38,3 +38,26 @@ def test_train_image_classifier_runs_and_reports_stall():
     )
     assert result.returncode == 0, result.stderr
     assert "images/s" in result.stdout and "data stall" in result.stdout
+
+
+def test_train_lidar_pillars_runs_and_reports_scans_per_second(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "examples/train_lidar_pillars.py", "--scans", "4", "--steps", "6"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    losses = [float(line.split()[3]) for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 1 and losses[0] > 0
+    assert "scans/s" in result.stdout and "data stall" in result.stdout
+
+
+def test_train_lidar_pillars_on_a_user_folder_without_labels(tmp_path):
+    from fastload.lidar.synthetic import write_scan_folder
+
+    root = write_scan_folder(str(tmp_path / "velodyne"), 3, beams=32, azimuth_steps=900)
+    result = subprocess.run(
+        [sys.executable, "examples/train_lidar_pillars.py", "--data", root, "--steps", "5", "--workers", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "generated" not in result.stdout and "scans/s" in result.stdout

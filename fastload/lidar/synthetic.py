@@ -12,6 +12,7 @@ KITTI's velodyne frame (x forward, y left, z up).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +64,36 @@ def _ray_directions(beams: int, azimuth_steps: int) -> np.ndarray:
 
 def make_scan(seed: int = 0, beams: int = 64, azimuth_steps: int = 1800) -> np.ndarray:
     """One scan, ``(N, 4)`` float32 ``x, y, z, intensity``; about 100–120k points."""
+    return make_labeled_scan(seed, beams, azimuth_steps)[0]
+
+
+def make_labeled_scan(seed: int = 0, beams: int = 64, azimuth_steps: int = 1800) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`make_scan`'s scan and its cars as boxes ``(K, 7)`` float32, OpenPCDet's
+    ``(x, y, z, dx, dy, dz, heading)`` with the centre in the middle of the box."""
     rng = np.random.default_rng(seed)
     scene = make_scene(rng)
+    cars = scene.boxes[scene.box_is_car]
+    centre, size = (cars[:, :3] + cars[:, 3:]) / 2, cars[:, 3:] - cars[:, :3]
+    boxes = np.concatenate([centre, size, np.zeros((len(cars), 1))], axis=1).astype(np.float32)
+    return _ray_cast(scene, rng, beams, azimuth_steps), boxes
+
+
+def write_scan_folder(root: str, count: int, *, beams: int = 64, azimuth_steps: int = 1800,
+                      labels_root: str | None = None) -> str:
+    """Writes ``count`` scans as KITTI ``.bin`` files ``000000.bin``... under ``root`` (and
+    their boxes as ``.npy`` under ``labels_root`` if given); returns ``root``."""
+    os.makedirs(root, exist_ok=True)
+    if labels_root is not None:
+        os.makedirs(labels_root, exist_ok=True)
+    for i in range(count):
+        points, boxes = make_labeled_scan(i, beams, azimuth_steps)
+        points.tofile(os.path.join(root, f"{i:06d}.bin"))
+        if labels_root is not None:
+            np.save(os.path.join(labels_root, f"{i:06d}.npy"), boxes)
+    return root
+
+
+def _ray_cast(scene: Scene, rng: np.random.Generator, beams: int, azimuth_steps: int) -> np.ndarray:
     d = _ray_directions(beams, azimuth_steps)
     t = np.full(len(d), np.inf)
     reflectivity = np.zeros(len(d))
