@@ -27,9 +27,9 @@ struct VoxelGridSpec {
 };
 
 // Maps a voxel's key to its number among one call's voxels. Open
-// addressing with Fibonacci hashing and linear probing, sized for a quarter full (half for
-// the largest max_voxels) so that probes, the lookups of refused voxels included, rarely
-// go past the first slot. Entries are 8 bytes with 32-bit keys. Only the slots a call
+// addressing with Fibonacci hashing and linear probing, sized for an eighth full (half
+// for the largest max_voxels) so that probes, the lookups of refused voxels included,
+// rarely go past the first slot. Entries are 8 bytes with 32-bit keys. Only the slots a call
 // used are cleared before the next call: no dense grid, no full reset.
 template <typename Key>
 class VoxelTable {
