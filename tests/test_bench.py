@@ -53,3 +53,39 @@ def test_image_scenario_on_a_users_folder(tmp_path):
 def test_bench_rejects_unknown_scenarios():
     result = subprocess.run([sys.executable, "-m", "fastload.bench", "nope"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown scenario" in result.stderr
+
+
+def test_lidar_baselines_voxelize_like_fastload():
+    # The loaders compared in the lidar scenario must do the same work.
+    import numpy as np
+    import torch
+
+    from fastload.bench.lidar import CONFIGS, NumpyVoxelizer, SpconvVoxelizer, spconv_available
+    from fastload.lidar import Voxelizer
+    from fastload.lidar.synthetic import make_scan
+
+    scan = make_scan(5, beams=32, azimuth_steps=900)
+    for config in CONFIGS.values():
+        ours = Voxelizer(*config)(scan)
+        baselines = [NumpyVoxelizer(*config)] + ([SpconvVoxelizer(*config)] if spconv_available() else [])
+        for baseline in baselines:
+            for mine, theirs in zip(ours, baseline(scan)):
+                theirs = theirs.numpy() if isinstance(theirs, torch.Tensor) else theirs
+                assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+
+
+def test_lidar_scenario_on_a_users_scans(tmp_path):
+    from fastload.lidar.synthetic import write_scan_folder
+
+    root = write_scan_folder(str(tmp_path / "velodyne"), 4, beams=32, azimuth_steps=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "lidar", "--scans", root, "--repeats", "1", "--batch-size", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("lidar ")]
+    assert any(" fastload " in row and row.split()[-1].endswith("x") for row in rows)
+    assert any(row.split()[1] == "torch" for row in rows)
+    assert f"{root}: 4 scans" in result.stdout and "scans/s" in result.stdout
+    table = [line for line in result.stdout.splitlines() if "fastload / copy" in line]
+    assert [line.split()[1] for line in table] == ["PointPillars", "SECOND", "CenterPoint"]

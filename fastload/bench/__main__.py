@@ -26,18 +26,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="; ".join(f"{s.name}: {s.description}" for s in SCENARIOS.values()) + "; all (default): every one",
     )
     parser.add_argument("--workers", type=int, default=2, help="num_workers (DALI: threads) for every loader (default: 2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size (default: per scenario: "
+                        + ", ".join(f"{s.name} {s.default_batch_size}" for s in SCENARIOS.values()) + ")")
     parser.add_argument("--batches", type=int, default=None,
                         help="batches per timed run (default: per scenario: "
                         + ", ".join(f"{s.name} {s.default_batches or 'one epoch'}" for s in SCENARIOS.values()) + ")")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per loader (default: 5)")
     parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario")
+    parser.add_argument("--scans", metavar="DIR", help="a folder of lidar scans (.bin, .pcd, .ply) for the lidar scenario")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)} or all")
-    if args.data is not None and not os.path.isdir(args.data):
-        parser.error(f"--data {args.data}: not a directory")
+    for option in ("data", "scans"):
+        folder = getattr(args, option)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{option} {folder}: not a directory")
     return args
 
 
@@ -46,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.scenarios or ["all"]
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     print(f"fastload.bench on {os.cpu_count()} CPU cores: {', '.join(names)}", file=sys.stderr)
-    results, notes = {}, []
+    results, notes, batch_sizes = {}, [], {}
     with tempfile.TemporaryDirectory(prefix="fastload-bench-") as scratch, \
             tqdm(total=len(names) * args.repeats, desc="runs", unit="repeat", file=sys.stderr) as bar:
-        config = BenchConfig(batch_size=args.batch_size, workers=args.workers, data=args.data, scratch=scratch)
         for name in names:
             bar.set_postfix_str(name)
             scenario = SCENARIOS[name]
+            batch_sizes[name] = args.batch_size or scenario.default_batch_size
+            config = BenchConfig(batch_size=batch_sizes[name], workers=args.workers, data=args.data, scans=args.scans,
+                                 scratch=scratch, repeats=args.repeats)
             setup = scenario.build(config, args.batches or scenario.default_batches)
             try:
                 results[name] = run_scenario(setup.contenders, batches=args.batches or scenario.default_batches,
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 setup.close()
             notes += setup.report({n: statistics.median(m.batches_per_s) for n, m in results[name].items()})
-    print(format_table(results, workers=args.workers, batch_size=args.batch_size))
+    print(format_table(results, workers=args.workers, batch_sizes=batch_sizes))
     for line in notes:
         print(line)
     return 0

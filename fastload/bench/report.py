@@ -13,10 +13,11 @@ def ratio_stats(contender: Measurement, baseline: Measurement) -> tuple[float, f
     return min(ratios), statistics.median(ratios), max(ratios)
 
 
-def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, batch_size: int) -> str:
+def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, batch_sizes: dict[str, int]) -> str:
     header = (f"{'scenario':<9} {'loader':<32} {'batches/s median':>16} {'min':>8} {'max':>8}   "
               f"{'vs torch min / median / max':<28} notes")
-    lines = [f"workers={workers} batch_size={batch_size}", header, "-" * len(header)]
+    sizes = ", ".join(f"{scenario} {size}" for scenario, size in batch_sizes.items())
+    lines = [f"workers={workers}; batch size: {sizes}", header, "-" * len(header)]
     for scenario, by_loader in results.items():
         baseline = next(iter(by_loader.values()))
         for name, m in by_loader.items():

@@ -86,10 +86,14 @@ class BenchConfig:
     workers: int
     #: the user's own ImageFolder (``--data``), else None: generated in ``scratch``
     data: str | None
+    #: the user's own folder of lidar scans (``--scans``), else None: generated in ``scratch``
+    scans: str | None
     #: a temporary directory for generated data, removed at exit
     scratch: str
     #: decoder timings and the in-run ceiling are measured over this many images
     probe_images: int = 200
+    #: timed runs per contender (also the calls per implementation in the voxelizer table)
+    repeats: int = 5
 
 
 @dataclass
@@ -108,6 +112,8 @@ class Scenario:
     #: batches per timed run unless --batches says otherwise (None: one epoch)
     default_batches: int | None
     build: Callable[[BenchConfig, int | None], ScenarioSetup]
+    #: samples per batch unless --batch-size says otherwise
+    default_batch_size: int = 64
 
 
 def _overhead(config: BenchConfig, batches: int | None) -> ScenarioSetup:
@@ -205,6 +211,42 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     return ScenarioSetup(contenders, report, lambda: [close() for close in closers])
 
 
+LIDAR_SCANS = 32
+LIDAR_EPOCH_PASSES = 4  # an epoch goes over the scans this many times: long enough to time
+
+
+def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
+    from fastload.lidar import LidarDataset, Voxelizer, read_point_cloud
+    from fastload.lidar.synthetic import write_scan_folder
+
+    from . import lidar
+
+    root = config.scans or write_scan_folder(os.path.join(config.scratch, "velodyne"), LIDAR_SCANS)
+    voxel_config = lidar.CONFIGS["PointPillars (KITTI)"]
+    if lidar.spconv_available():
+        baseline_name, baseline = "torch + spconv", lidar.SpconvVoxelizer(*voxel_config)
+    else:
+        baseline_name, baseline = "torch + numpy", lidar.NumpyVoxelizer(*voxel_config)
+    kwargs = dict(batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
+                  persistent_workers=config.workers > 0, collate_fn=fastload.VoxelCollator())
+    scans = LidarDataset(root, voxelizer=baseline)
+    torch_dataset = tud.ConcatDataset([scans] * LIDAR_EPOCH_PASSES)
+    fastload_dataset = tud.ConcatDataset([LidarDataset(root, voxelizer=Voxelizer(*voxel_config))] * LIDAR_EPOCH_PASSES)
+    contenders = {
+        baseline_name: Contender(tud.DataLoader(torch_dataset, **kwargs)),
+        "fastload": Contender(fastload.DataLoader(fastload_dataset, **kwargs)),
+    }
+    table = lidar.voxelizer_table(read_point_cloud(os.path.join(root, scans.name(0))).points, rounds=max(4, config.repeats))
+    scans_per_batch = len(fastload_dataset) / math.ceil(len(fastload_dataset) / config.batch_size)
+
+    def report(rates: dict[str, float]) -> list[str]:
+        per_s = ", ".join(f"{name} {rate * scans_per_batch:.1f}" for name, rate in rates.items())
+        return [f"lidar: {root}: {len(scans)} scans x {LIDAR_EPOCH_PASSES} per epoch, read and voxelized "
+                f"(PointPillars, KITTI) in the workers; scans/s: {per_s}", *table]
+
+    return ScenarioSetup(contenders, report)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "overhead": Scenario(
         "overhead", "pre-decoded uint8 3x224x224 images from memory: the loader's own cost", 200, _overhead
@@ -222,5 +264,14 @@ SCENARIOS: dict[str, Scenario] = {
         "torch's standard pipeline vs fastload's fused decode vs DALI CPU",
         None,
         _image,
+    ),
+    "lidar": Scenario(
+        "lidar",
+        f"{LIDAR_SCANS} generated 64-beam scans (or --scans DIR) read and voxelized for PointPillars in the "
+        "workers: torch + spconv (numpy without spconv) vs fastload; then the single-scan voxelizer table "
+        "(fastload, spconv, numpy, copy) for PointPillars, SECOND and CenterPoint",
+        None,
+        _lidar,
+        default_batch_size=4,
     ),
 }

@@ -115,7 +115,9 @@ class LidarDataset(Dataset):
         transforms: applied in order to each sample dict (e.g. :class:`RangeCrop`,
             :class:`ShufflePoints`, :class:`RandomFlip`, :class:`RandomRotation`,
             :class:`RandomScaling`), in the worker.
-        voxelizer: if given, the sample carries its voxels instead of its points.
+        voxelizer: a :class:`Voxelizer` (or any callable with its signature, returning
+            ``(voxels, coords, num_points)``); if given, the sample carries its voxels
+            instead of its points.
 
     Raises:
         FileNotFoundError: no scan under ``root``, or a missing label file (named).
@@ -128,7 +130,7 @@ class LidarDataset(Dataset):
         *,
         labels_root: str | os.PathLike[str] | None = None,
         transforms: Sequence[Callable[[Sample], Sample]] = (),
-        voxelizer: Voxelizer | None = None,
+        voxelizer: Callable[[np.ndarray], tuple[Any, Any, Any]] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         names = sorted(n for n in os.listdir(self.root) if os.path.splitext(n)[1].lower() in SCAN_EXTENSIONS)

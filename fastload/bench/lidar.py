@@ -1,0 +1,128 @@
+"""The lidar scenario's pieces: baseline voxelizers and the single-scan voxelizer table.
+
+Baselines, for a torch ``DataLoader`` to run in its workers: spconv 2.x's CPU
+``PointToVoxel`` (the de-facto standard), or where spconv is not installed a vectorized
+numpy voxelizer (what a numpy user would write: ``np.unique`` and a stable sort). Both
+give the same voxels as fastload's (tested), so the loaders do the same work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastload.lidar import Voxelizer
+
+#: name: (voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)
+CONFIGS: dict[str, tuple[list[float], list[float], int, int]] = {
+    "PointPillars (KITTI)": ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000),
+    "SECOND (KITTI)": ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000),
+    "CenterPoint (nuScenes)": ([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3], 10, 120000),
+}
+
+
+def spconv_available() -> bool:
+    return importlib.util.find_spec("spconv") is not None
+
+
+class SpconvVoxelizer:
+    """spconv's CPU ``PointToVoxel`` behind fastload's ``Voxelizer`` call signature, built
+    in the process that first calls it (so it can be sent to spawned workers)."""
+
+    def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], max_points_per_voxel: int,
+                 max_voxels: int) -> None:
+        self.config = (list(voxel_size), list(point_cloud_range), max_points_per_voxel, max_voxels)
+        self._impl: Any = None
+
+    def __call__(self, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._impl is None:
+            from spconv.pytorch.utils import PointToVoxel
+
+            voxel_size, pc_range, max_points, max_voxels = self.config
+            self._impl = PointToVoxel(vsize_xyz=voxel_size, coors_range_xyz=pc_range, num_point_features=points.shape[1],
+                                      max_num_voxels=max_voxels, max_num_points_per_voxel=max_points,
+                                      device=torch.device("cpu"))
+        return self._impl(torch.from_numpy(points))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_impl": None}
+
+
+class NumpyVoxelizer:
+    """Hard voxelization in vectorized numpy, fastload's rules (see fastload_ext/voxelize.cpp)."""
+
+    def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], max_points_per_voxel: int,
+                 max_voxels: int) -> None:
+        self.size = np.asarray(voxel_size, np.float32)
+        self.low = np.asarray(point_cloud_range[:3], np.float32)
+        self.grid = np.round((np.asarray(point_cloud_range[3:], np.float32) - self.low) / self.size).astype(np.int64)
+        self.max_points, self.max_voxels = max_points_per_voxel, max_voxels
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", over="ignore"):
+            q = (points[:, :3] - self.low.astype(points.dtype)) / self.size.astype(points.dtype)
+            inside = np.flatnonzero(np.all((q >= 0) & (q < self.grid), axis=1))
+        xyz = q[inside].astype(np.int64)
+        keys = (xyz[:, 2] * self.grid[1] + xyz[:, 1]) * self.grid[0] + xyz[:, 0]
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        number = np.empty(len(unique), np.int64)
+        number[np.argsort(first, kind="stable")] = np.arange(len(unique))  # by first arrival
+        voxel = number[inverse.reshape(-1)]
+        order = np.argsort(voxel, kind="stable")  # grouped by voxel, input order within
+        starts = np.searchsorted(voxel[order], np.arange(len(unique)))
+        row = np.empty(len(voxel), np.int64)
+        row[order] = np.arange(len(voxel)) - starts[voxel[order]]
+        keep = (voxel < self.max_voxels) & (row < self.max_points)
+        m = min(len(unique), self.max_voxels)
+        voxels = np.zeros((m, self.max_points, points.shape[1]), points.dtype)
+        voxels[voxel[keep], row[keep]] = points[inside[keep]]
+        opened = np.argsort(first, kind="stable")[:m]
+        coords = xyz[first[opened]][:, ::-1].astype(np.int32)
+        counts = np.minimum(np.bincount(voxel[voxel < m], minlength=m), self.max_points).astype(np.int32)
+        return voxels, coords, counts
+
+
+def voxelizer_table(scan: np.ndarray, rounds: int, burst: int = 8) -> list[str]:
+    """Lines of the single-scan table: per configuration, µs (min / median, one thread) of
+    fastload, spconv, numpy and a copy of the scan's bytes, with the ratios spconv /
+    fastload and fastload / copy. Each of ``rounds`` rounds gives each implementation in
+    turn one untimed call, then ``burst`` timed ones: interleaved against drift of the
+    machine, and timed in the steady state of calling one voxelizer scan after scan."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lines = [f"lidar: one scan of {len(scan)} points, single-threaded, µs min / median of {rounds} x {burst} "
+                 "calls (interleaved bursts); ratios min / median"]
+        for name, config in CONFIGS.items():
+            impls: dict[str, Callable[[np.ndarray], Any]] = {"fastload": Voxelizer(*config)}
+            if spconv_available():
+                impls["spconv"] = SpconvVoxelizer(*config)
+            impls["numpy"] = NumpyVoxelizer(*config)
+            impls["copy"] = np.copy
+            times: dict[str, list[float]] = {k: [] for k in impls}
+            for _ in range(rounds):
+                for key, impl in impls.items():
+                    impl(scan)
+                    for _ in range(burst):
+                        start = time.perf_counter()
+                        impl(scan)
+                        times[key].append((time.perf_counter() - start) * 1e6)
+            cells = ", ".join(f"{k} {min(t):.0f} / {statistics.median(t):.0f}" for k, t in times.items())
+            ratios = []
+            if "spconv" in times:
+                ratios.append(f"spconv / fastload {_ratio(times['spconv'], times['fastload'])}")
+            ratios.append(f"fastload / copy {_ratio(times['fastload'], times['copy'])}")
+            lines.append(f"lidar: {name:<23} {cells}; {'; '.join(ratios)}")
+        return lines
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ratio(numerator: list[float], denominator: list[float]) -> str:
+    return f"{min(numerator) / min(denominator):.2f}x / {statistics.median(numerator) / statistics.median(denominator):.2f}x"
