@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fastload.bench",
         description="Throughput of fastload against torch.utils.data.DataLoader (and DALI), measured "
-        "interleaved in the same run, on generated data or your own image folder. Writes no files.",
+        "interleaved in the same run, on generated data or your own images (--data) and lidar scans (--scans). "
+        "Writes no files.",
     )
     parser.add_argument(
         "scenarios", nargs="*", metavar="SCENARIO",
