@@ -18,11 +18,12 @@
 //   3. numbering: one hash-table probe per run, prefetched a few runs ahead, against a
 //      table sized for max_voxels (not a dense grid: SECOND's would have 92M cells);
 //   4. coordinates of the M voxels, from their keys;
-//   5. fill: each point is copied straight to its row. Voxels are numbered in order of
-//      their first point, so the rows written move front to back through the output
-//      (a point revisiting an older voxel lands a ring of the sensor behind, still in
-//      cache); each voxel's rows are zeroed just before the points reach it, so the
-//      output is written once, not zeroed in a separate pass.
+//   5. fill: points are copied straight to their rows (a run's kept points as one block,
+//      or point by point where runs are short). Voxels are numbered in order of their
+//      first point, so the rows written move front to back through the output (a point
+//      revisiting an older voxel lands a ring of the sensor behind, still in cache); each
+//      voxel's rows are zeroed just before the points reach it, so the output is written
+//      once, not zeroed in a separate pass.
 
 #include "voxelize.h"
 
@@ -118,10 +119,8 @@ void VoxelTable<Key>::prepare(std::size_t max_voxels) {
 // Branch-free but for the probe loop (which rarely goes past one slot): whether a run's
 // voxel is new is a coin flip, and a mispredicted branch costs more than the work it would
 // skip. So the table entry is rewritten by every run, unchanged unless the voxel opens;
-// the choices are masks, not branches. Nothing in the loop is stored at an address that
-// depends on the number of open voxels (which waits on each probe): such stores held up
-// the loop by a third on CenterPoint's table. The voxels' keys and the rows follow in a
-// second pass over the runs.
+// the choices are masks, not branches. The voxels' keys and the rows follow in a second
+// pass over the runs, which waits on no probe.
 template <typename Key>
 std::int32_t VoxelTable<Key>::number_runs(const Key* keys, const std::int32_t* run_start, std::int64_t runs,
                                           std::int32_t limit, std::int32_t* run_voxel, std::int32_t* run_row,

@@ -26,11 +26,11 @@ struct VoxelGridSpec {
   std::string init(const float voxel_size_xyz[3], const float range_xyzxyz[6]);
 };
 
-// Maps a voxel's key to its number among one call's voxels. Open
-// addressing with Fibonacci hashing and linear probing, sized for an eighth full (half
-// for the largest max_voxels) so that probes, the lookups of refused voxels included,
-// rarely go past the first slot. Entries are 8 bytes with 32-bit keys. Only the slots a call
-// used are cleared before the next call: no dense grid, no full reset.
+// Maps a voxel's key to its number among one call's voxels. Open addressing with
+// Fibonacci hashing and linear probing, sized for an eighth full (half for the largest
+// max_voxels) so that probes, the lookups of refused voxels included, rarely go past the
+// first slot. Entries are 8 bytes with 32-bit keys. Only the slots a call used are
+// cleared before the next call: no dense grid, no full reset.
 template <typename Key>
 class VoxelTable {
  public:

@@ -97,8 +97,8 @@ def voxelizer_table(scan: np.ndarray, rounds: int, burst: int = 8) -> list[str]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        lines = [f"lidar: one scan of {len(scan)} points, single-threaded, µs min / median of {rounds} x {burst} "
-                 "calls (interleaved bursts); ratios min / median"]
+        lines = [(f"lidar: one scan of {len(scan)} points, single-threaded, µs min / median of {rounds} x {burst} "
+                  "calls (interleaved bursts); ratios min / median")]
         for name, config in CONFIGS.items():
             impls: dict[str, Callable[[np.ndarray], Any]] = {"fastload": Voxelizer(*config)}
             if spconv_available():

@@ -241,8 +241,9 @@ def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
 
     def report(rates: dict[str, float]) -> list[str]:
         per_s = ", ".join(f"{name} {rate * scans_per_batch:.1f}" for name, rate in rates.items())
-        return [f"lidar: {root}: {len(scans)} scans x {LIDAR_EPOCH_PASSES} per epoch, read and voxelized "
-                f"(PointPillars, KITTI) in the workers; scans/s: {per_s}", *table]
+        summary = (f"lidar: {root}: {len(scans)} scans x {LIDAR_EPOCH_PASSES} per epoch, read and voxelized "
+                   f"(PointPillars, KITTI) in the workers; scans/s: {per_s}")
+        return [summary, *table]
 
     return ScenarioSetup(contenders, report)
 

@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .io import PointCloudError, read_point_cloud
-from .voxelize import Voxelizer
 
 Sample = dict[str, Any]
 SCAN_EXTENSIONS = (".bin", ".pcd", ".ply")
