@@ -13,6 +13,7 @@ from .samplers import (
 )
 from .loader import DataLoader
 from .pool import WorkerDiedError
+from .sample_errors import SampleFailure, TooManySampleErrors
 from . import text
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "DistributedSamplerWrapper",
     "PadCollator",
     "RandomSampler",
+    "SampleFailure",
     "SequentialSampler",
+    "TooManySampleErrors",
     "VoxelCollator",
     "WorkerDiedError",
     "default_collate",

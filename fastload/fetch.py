@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .sample_errors import MAX_REPLACEMENTS, SampleFailure, describe, malformed, structure
 from .seeding import mix_seed
 
 def seed_global_rngs(seed: int) -> None:
@@ -32,14 +33,25 @@ class EndOfData(Exception):
     """Internal: an iterable dataset has no (complete) batch left for this task."""
 
 
+class SkippedTask(Exception):
+    """Internal: under ``on_error="skip"`` every sample of this task failed."""
+
+
+class _Failed(Exception):
+    """Internal: a sample failed and the policy left it out."""
+
+
 class SampleFetcher:
     """Turns one task (a batch of indices, one index, or a batch-sized count for an
     iterable dataset) into the list of samples, or the single sample, it names.
 
     Mirrors torch's ``_MapDatasetFetcher``/``_IterableDatasetFetcher`` semantics,
-    including ``__getitems__`` and ``drop_last`` for iterable datasets. Exceptions of the
-    dataset propagate unchanged; ``current_index`` then names the index (or, for
-    ``__getitems__``, the indices) being fetched, ``None`` for an iterable dataset.
+    including ``__getitems__`` and ``drop_last`` for iterable datasets. Under
+    ``on_error="raise"`` exceptions of the dataset propagate unchanged; ``current_index``
+    then names the index (or, for ``__getitems__``, the indices) being fetched, ``None``
+    for an iterable dataset. The other policies (NOTE [ Sample errors ] in
+    ``sample_errors.py``) leave out or replace failed samples and collect
+    :class:`SampleFailure` records, taken with :meth:`take_failures`.
     """
 
     def __init__(
@@ -51,8 +63,13 @@ class SampleFetcher:
         drop_last: bool,
         seed_per_sample: bool,
         restore_rng: bool,
+        on_error: str = "raise",
     ) -> None:
         self.dataset = dataset
+        self.on_error = on_error
+        self.failures: list[SampleFailure] = []
+        #: the index each sample of the last map-style batch came from (replacements included)
+        self.indices: list[Any] = []
         self.iterable = iterable
         self.auto_collation = auto_collation
         self.drop_last = drop_last
@@ -69,17 +86,95 @@ class SampleFetcher:
             self._iterator = iter(self.dataset)
             self._ended = False
 
+    def take_failures(self) -> list[SampleFailure]:
+        failures, self.failures = self.failures, []
+        return failures
+
     def fetch(self, task: Any) -> Any:
         if self.iterable:
             return self._fetch_iterable(task)
         if not self.auto_collation:
-            return self._get(task)
+            try:
+                return self._get_handled(task)[1]
+            except _Failed:
+                raise SkippedTask from None
         getitems = getattr(self.dataset, "__getitems__", None)
         if getitems and not self.seed_per_sample:
             # Per-sample seeding needs one call per sample, so it bypasses __getitems__.
             self.current_index = list(task)
-            return getitems(task)
-        return [self._get(i) for i in task]
+            try:
+                samples = getitems(task)
+                self.indices = list(task)
+                return samples
+            except Exception:
+                if self.on_error == "raise":
+                    raise
+                # Find the failing samples one at a time below.
+        pairs = []
+        for index in task:
+            try:
+                pairs.append(self._get_handled(index))
+            except _Failed:
+                pass
+        if not pairs:
+            raise SkippedTask
+        self.indices = [index for index, _ in pairs]
+        return [sample for _, sample in pairs]
+
+    def collate(self, samples: list[Any], collate_fn: Any) -> Any:
+        """``collate_fn(samples)``; under skip/replace, a batch that cannot be collated
+        loses (or replaces) its malformed samples and is collated once more."""
+        try:
+            return collate_fn(samples)
+        except Exception:
+            if self.on_error == "raise" or self.iterable or not self.auto_collation or len(samples) < 2:
+                raise
+            bad = malformed(samples)
+            if not bad:
+                raise
+        wanted = structure(samples[next(p for p in range(len(samples)) if p not in bad)])
+        kept, indices = [], []
+        for position, (index, sample) in enumerate(zip(self.indices, samples)):
+            if position not in bad:
+                kept.append(sample)
+                indices.append(index)
+                continue
+            self.failures.append(SampleFailure(index, f"malformed: its structure {structure(sample)} differs from "
+                                                      f"the batch's {wanted}"))
+            if self.on_error == "replace":
+                index, sample = self._replace(index, wanted)
+                kept.append(sample)
+                indices.append(index)
+        self.indices = indices
+        return collate_fn(kept)
+
+    def _get_handled(self, index: Any) -> tuple[Any, Any]:
+        """(index used, sample) for ``index`` under the policy; raises ``_Failed`` to skip."""
+        try:
+            return index, self._get(index)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self.failures.append(SampleFailure(index, describe(exc)))
+            if self.on_error == "skip":
+                raise _Failed from None
+        return self._replace(index, None)
+
+    def _replace(self, index: Any, wanted: Any) -> tuple[Any, Any]:
+        """A replacement for the failed sample ``index``: the first of its candidates
+        (a pure function of the epoch seed, the index and the attempt) that loads, and
+        has structure ``wanted`` when one is given."""
+        for attempt in range(MAX_REPLACEMENTS):
+            candidate = mix_seed(self.base_seed, "replace", index, attempt) % len(self.dataset)
+            try:
+                sample = self._get(candidate)
+            except Exception as exc:
+                self.failures.append(SampleFailure(candidate, describe(exc)))
+                continue
+            if wanted is None or structure(sample) == wanted:
+                return candidate, sample
+        raise RuntimeError(f"on_error='replace': sample {index!r} failed and so did its {MAX_REPLACEMENTS} "
+                           f"replacements; the last failures: {self.failures[-3:]}")
 
     def _get(self, index: Any) -> Any:
         self.current_index = index
@@ -104,6 +199,11 @@ class SampleFetcher:
             except StopIteration:
                 self._ended = True
                 raise EndOfData from None
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise
+                self.failures.append(SampleFailure(None, describe(exc)))  # an iterable has no index
+                raise SkippedTask from None
         samples = []
         for _ in task:
             try:
@@ -111,6 +211,10 @@ class SampleFetcher:
             except StopIteration:
                 self._ended = True
                 break
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise
+                self.failures.append(SampleFailure(None, describe(exc)))  # an iterable has no index
         if not samples or (self.drop_last and len(samples) < len(task)):
             raise EndOfData
         return samples

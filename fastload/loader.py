@@ -17,6 +17,7 @@ from .loader_iter import EpochIterator, EpochProgress, InProcessIterator, Loader
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
+from .sample_errors import POLICIES, ErrorLog, SampleFailure
 from .samplers import RandomSampler, ResumableSampler, SequentialSampler
 from .seeding import draw_seed, mix_seed
 
@@ -51,10 +52,18 @@ class DataLoader(torch.utils.data.DataLoader):
             the device copy: work that belongs on the GPU, e.g.
             ``RandomResizedCropDecode(..., device="cuda").finish_batch``.
         min_slot_bytes: smallest shared-memory slot a worker creates.
+        on_error: what a sample that fails to load (``dataset[i]`` raises, or it is
+            malformed: it breaks its batch's collation) does: ``"raise"`` (torch's
+            behaviour), ``"skip"`` (left out of its batch) or ``"replace"`` (replaced by a
+            deterministic other sample, so every rank keeps its batch sizes and count:
+            DDP-safe; map-style datasets). See NOTE [ Sample errors ] and :attr:`errors`.
+        max_errors: under ``"skip"``/``"replace"``, more failed samples than this in one
+            epoch end it with :class:`fastload.TooManySampleErrors` (None: no limit).
 
     Raises:
-        ValueError: for the argument combinations torch rejects, and for
-            ``seed_per_sample`` with an ``IterableDataset``.
+        ValueError: for the argument combinations torch rejects, for ``seed_per_sample``
+            or ``on_error="replace"`` with an ``IterableDataset``, and for bad values of
+            the extra options.
     """
 
     def __init__(
@@ -82,6 +91,8 @@ class DataLoader(torch.utils.data.DataLoader):
         device_prefetch: int = 2,
         batch_transform: Callable[[Any], Any] | None = None,
         min_slot_bytes: int = DEFAULT_MIN_SLOT_BYTES,
+        on_error: str = "raise",
+        max_errors: int | None = None,
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
             # fastload's own default samplers: same meaning as torch's, and resumable.
@@ -112,6 +123,15 @@ class DataLoader(torch.utils.data.DataLoader):
             raise ValueError(f"device_prefetch should be at least 1, got {device_prefetch}")
         if min_slot_bytes < 1:
             raise ValueError(f"min_slot_bytes should be positive, got {min_slot_bytes}")
+        if on_error not in POLICIES:
+            raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")
+        if on_error == "replace" and isinstance(dataset, IterableDataset):
+            raise ValueError("on_error='replace' needs a map-style dataset (an IterableDataset has no other sample "
+                             "to take); use on_error='skip'")
+        if max_errors is not None and max_errors < 0:
+            raise ValueError(f"max_errors should be >= 0 or None, got {max_errors}")
+        self.on_error = on_error
+        self.max_errors = max_errors
         self.seed_per_sample = seed_per_sample
         self.device = torch.device(device) if device is not None else None
         self.device_prefetch = device_prefetch
@@ -119,6 +139,8 @@ class DataLoader(torch.utils.data.DataLoader):
         self.min_slot_bytes = min_slot_bytes
         self._pool: WorkerPool | None = None
         self._warned: set[str] = set()
+        self._logged_failures: set[Any] = set()
+        self._error_log = ErrorLog(on_error, max_errors, self._logged_failures)
         # See NOTE [ Resumable sampling ]: worker seeds of epoch e derive from (seed, e).
         self._seed = draw_seed(generator)
         self._next_epoch = 0
@@ -126,6 +148,12 @@ class DataLoader(torch.utils.data.DataLoader):
         self._resume_batches = 0  # batches of the next epoch already consumed before a resume
         self._skip_indices = 0  # index-sampler items to replay (samplers that cannot jump)
         self._skip_batches = 0  # batches to fetch and discard (IterableDataset)
+
+    @property
+    def errors(self) -> list[SampleFailure]:
+        """The samples left out or replaced in the current (or last) epoch, in the order
+        the main process learnt of them: ``SampleFailure(index, error)`` records."""
+        return list(self._error_log.failures)
 
     @property
     def _is_iterable(self) -> bool:
@@ -140,6 +168,7 @@ class DataLoader(torch.utils.data.DataLoader):
         epoch = self._next_epoch
         self._next_epoch += 1
         self._progress = EpochProgress(epoch, batches=self._resume_batches)
+        self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
         base_seed = mix_seed(self._seed, epoch, "workers")
         skip_indices, skip_batches = self._skip_indices, self._skip_batches
         self._resume_batches = self._skip_indices = self._skip_batches = 0
@@ -247,6 +276,7 @@ class DataLoader(torch.utils.data.DataLoader):
             collate_in_slot=self._auto_collation and is_default_collate(self.collate_fn),
             worker_init_fn=self.worker_init_fn,
             seed_per_sample=self.seed_per_sample,
+            on_error=self.on_error,
             min_slot_bytes=self.min_slot_bytes,
             max_free_slots=self.prefetch_factor + 2,
         )

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .fetch import EndOfData, SampleFetcher
+from .fetch import EndOfData, SampleFetcher, SkippedTask
 from .pool.pool import Received, WorkerPool
+from .sample_errors import ErrorLog
 
 if TYPE_CHECKING:
     from .loader import DataLoader
@@ -89,6 +90,7 @@ class LoaderIterator:
 
     def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
         self._dataset = loader.dataset
+        self._errors: ErrorLog = loader._error_log
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
@@ -138,20 +140,27 @@ class InProcessIterator(LoaderIterator):
             drop_last=loader.drop_last,
             seed_per_sample=loader.seed_per_sample,
             restore_rng=True,
+            on_error=loader.on_error,
         )
         self._fetcher.start_epoch(self._base_seed)
 
     def _next_data(self) -> Any:
-        task = next(self._sampler_iter)
-        try:
-            samples = self._fetcher.fetch(task)
-        except EndOfData:
-            raise StopIteration from None
-        except Exception as exc:
-            if self._fetcher.current_index is not None:
-                exc.add_note(f"(fastload: raised while fetching sample index {self._fetcher.current_index!r})")
-            raise
-        return self._collate_fn(samples)
+        while True:
+            task = next(self._sampler_iter)
+            try:
+                samples = self._fetcher.fetch(task)
+            except EndOfData:
+                raise StopIteration from None
+            except SkippedTask:
+                self._errors.record(self._fetcher.take_failures())
+                continue
+            except Exception as exc:
+                if self._fetcher.current_index is not None:
+                    exc.add_note(f"(fastload: raised while fetching sample index {self._fetcher.current_index!r})")
+                raise
+            batch = self._fetcher.collate(samples, self._collate_fn)
+            self._errors.record(self._fetcher.take_failures())
+            return batch
 
 
 class PoolIterator(LoaderIterator):
@@ -229,8 +238,16 @@ class PoolIterator(LoaderIterator):
                 raise StopIteration
             self._load[answer.worker_id] -= 1
             self._dispatch()
+            if answer.failures:
+                try:
+                    self._errors.record(answer.failures)
+                except BaseException:
+                    self._fail()
+                    raise
             if answer.kind == "batch":
                 return answer.value
+            if answer.kind == "skipped":
+                continue
             if answer.kind == "error":
                 answer.value.reraise()
             # "end": that worker's iterable dataset is exhausted for this epoch

@@ -4,8 +4,8 @@ main → worker: :class:`Task`, :class:`StartEpoch`, :class:`Stop`. Each of the 
 carries the ids of slots the main process has released since its last message to that
 worker (see NOTE [ Slot protocol ] in ``arena.py``).
 
-worker → main: exactly one :class:`Answer` (:class:`Batch`, :class:`Error` or
-:class:`EndOfData`) per task, in task order per worker. A :class:`Batch` whose ``new_slot_capacity`` is set is
+worker → main: exactly one :class:`Answer` (:class:`Batch`, :class:`Skipped`,
+:class:`Error` or :class:`EndOfData`) per task, in task order per worker. A :class:`Batch` whose ``new_slot_capacity`` is set is
 followed on the socket by the slot's file descriptor (SCM_RIGHTS). An :class:`Error`
 with ``task_id=None`` means the worker could not start (or restart) its epoch.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from torch._utils import ExceptionWrapper
 
+from ..sample_errors import SampleFailure
 from .batch_codec import LayoutEntry
 
 
@@ -56,6 +57,15 @@ class Batch(Answer):
     nbytes: int
     layout: list[LayoutEntry]
     skeleton: bytes
+    #: samples left out or replaced under on_error="skip"/"replace"
+    failures: list[SampleFailure] = field(default_factory=list)
+
+
+@dataclass
+class Skipped(Answer):
+    """Under on_error="skip", every sample of the task failed: no batch."""
+
+    failures: list[SampleFailure]
 
 
 @dataclass

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -75,8 +75,10 @@ class Received:
 
     task_id: int
     worker_id: int
-    kind: str  # "batch" | "error" | "end"
+    kind: str  # "batch" | "skipped" | "error" | "end"
     value: Any = None  # the batch, or the ExceptionWrapper
+    #: samples left out or replaced (NOTE [ Sample errors ] in sample_errors.py)
+    failures: list[Any] = field(default_factory=list)
 
 
 class WorkerPool:
@@ -185,7 +187,9 @@ class WorkerPool:
         if message.task_id < self._current_floor:
             return None
         if isinstance(message, messages.Batch):
-            return Received(message.task_id, worker_id, "batch", value)
+            return Received(message.task_id, worker_id, "batch", value, message.failures)
+        if isinstance(message, messages.Skipped):
+            return Received(message.task_id, worker_id, "skipped", None, message.failures)
         if isinstance(message, messages.Error):
             return Received(message.task_id, worker_id, "error", message.error)
         return Received(message.task_id, worker_id, "end")

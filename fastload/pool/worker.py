@@ -34,7 +34,7 @@ from torch._utils import ExceptionWrapper
 from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
-from ..fetch import EndOfData, SampleFetcher, seed_global_rngs
+from ..fetch import EndOfData, SampleFetcher, SkippedTask, seed_global_rngs
 from . import messages
 from .arena import WorkerSlots
 from .batch_codec import pack_batch
@@ -58,6 +58,8 @@ class PoolConfig:
     collate_in_slot: bool
     worker_init_fn: Callable[[int], None] | None
     seed_per_sample: bool
+    #: see NOTE [ Sample errors ] in sample_errors.py
+    on_error: str
     min_slot_bytes: int
     max_free_slots: int
 
@@ -119,6 +121,7 @@ class _WorkerLoop:
             drop_last=self.pool.drop_last,
             seed_per_sample=self.pool.seed_per_sample,
             restore_rng=False,
+            on_error=self.pool.on_error,
         )
         self.where = f"DataLoader worker {config.worker_id} (pid {os.getpid()})"
 
@@ -165,16 +168,19 @@ class _WorkerLoop:
         except EndOfData:
             self._send(messages.EndOfData(task.task_id, self.slots.take_retired()))
             return
+        except SkippedTask:
+            self._send(messages.Skipped(task.task_id, self.slots.take_retired(), self.fetcher.take_failures()))
+            return
         except Exception as exc:
+            self.fetcher.take_failures()  # the error ends the epoch; it says what happened
             self._send_error(task, exc, self.fetcher.current_index)
             return
         try:
-            if self.pool.collate_in_slot:
-                batch = deferred_collate(samples)
-            else:
-                batch = self.pool.collate_fn(samples)
+            collate = deferred_collate if self.pool.collate_in_slot else self.pool.collate_fn
+            batch = self.fetcher.collate(samples, collate)
             packed = pack_batch(batch, self.slots)
         except Exception as exc:
+            self.fetcher.take_failures()
             self._send_error(task, exc, None)
             return
         slot = packed.slot
@@ -187,6 +193,7 @@ class _WorkerLoop:
                 nbytes=packed.nbytes,
                 layout=packed.layout,
                 skeleton=packed.skeleton,
+                failures=self.fetcher.take_failures(),
             )
         )
         if slot is not None and slot.new_fd is not None:
