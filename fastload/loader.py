@@ -59,11 +59,16 @@ class DataLoader(torch.utils.data.DataLoader):
             DDP-safe; map-style datasets). See NOTE [ Sample errors ] and :attr:`errors`.
         max_errors: under ``"skip"``/``"replace"``, more failed samples than this in one
             epoch end it with :class:`fastload.TooManySampleErrors` (None: no limit).
+        max_worker_restarts: replace a worker process that dies (a signal, the OOM killer)
+            up to this many times over the pool's life, re-issuing its unfinished batches:
+            every batch is still delivered once, in order (NOTE [ Worker restart ]).
+            0 (default): a dead worker raises :class:`fastload.WorkerDiedError`. Needs a
+            map-style dataset.
 
     Raises:
         ValueError: for the argument combinations torch rejects, for ``seed_per_sample``
-            or ``on_error="replace"`` with an ``IterableDataset``, and for bad values of
-            the extra options.
+            ``on_error="replace"`` or ``max_worker_restarts`` with an ``IterableDataset``, and
+            for bad values of the extra options.
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class DataLoader(torch.utils.data.DataLoader):
         min_slot_bytes: int = DEFAULT_MIN_SLOT_BYTES,
         on_error: str = "raise",
         max_errors: int | None = None,
+        max_worker_restarts: int = 0,
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
             # fastload's own default samplers: same meaning as torch's, and resumable.
@@ -130,6 +136,12 @@ class DataLoader(torch.utils.data.DataLoader):
                              "to take); use on_error='skip'")
         if max_errors is not None and max_errors < 0:
             raise ValueError(f"max_errors should be >= 0 or None, got {max_errors}")
+        if max_worker_restarts < 0:
+            raise ValueError(f"max_worker_restarts should be >= 0, got {max_worker_restarts}")
+        if max_worker_restarts and isinstance(dataset, IterableDataset):
+            raise ValueError("max_worker_restarts needs a map-style dataset: a new worker cannot resume the stream "
+                             "position of an IterableDataset's dead one")
+        self.max_worker_restarts = max_worker_restarts
         self.on_error = on_error
         self.max_errors = max_errors
         self.seed_per_sample = seed_per_sample
@@ -281,7 +293,7 @@ class DataLoader(torch.utils.data.DataLoader):
             max_free_slots=self.prefetch_factor + 2,
         )
         context = self.multiprocessing_context or multiprocessing.get_context()
-        return WorkerPool(config, context, base_seed)
+        return WorkerPool(config, context, base_seed, self.max_worker_restarts)
 
     def _drop_pool(self) -> None:
         self._pool = None

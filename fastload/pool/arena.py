@@ -151,6 +151,7 @@ class SlotTable:
         self._maps: dict[tuple[int, int], mmap.mmap] = {}
         self._released: collections.deque[tuple[int, int]] = collections.deque()
         self._pending: dict[int, list[int]] = {}
+        self._gone: set[int] = set()
 
     def map(self, worker_id: int, slot_id: int, fd: int, capacity: int) -> None:
         try:
@@ -173,5 +174,16 @@ class SlotTable:
         """Slots of ``worker_id`` released since the last call for that worker."""
         while self._released:
             other, slot_id = self._released.popleft()
-            self._pending.setdefault(other, []).append(slot_id)
+            if other not in self._gone:
+                self._pending.setdefault(other, []).append(slot_id)
         return self._pending.pop(worker_id, [])
+
+    def forget(self, worker_id: int) -> None:
+        """``worker_id`` is gone (its process died): drop its maps and pending releases.
+        Its batches the user still holds keep their memory; their releases are ignored.
+        A restarted worker gets a new id here (see ``WorkerPool``), so its slot ids can
+        never be taken for the dead one's."""
+        self._gone.add(worker_id)
+        for key in [k for k in self._maps if k[0] == worker_id]:
+            del self._maps[key]
+        self._pending.pop(worker_id, None)

@@ -17,12 +17,24 @@ a timeout, KeyboardInterrupt). Order:
 Workers also exit on their own when the main process dies (NOTE [ Worker lifecycle ]
 in ``worker.py``), and slots are anonymous memfds, so even SIGKILL of the main process
 leaves neither processes nor /dev/shm entries behind.
+
+NOTE [ Worker restart ]
+
+With ``max_worker_restarts=n`` (map-style datasets), a worker that dies is replaced, up
+to n times over the pool's life: the new process takes the dead one's place and worker
+id, is seeded as it was (and given the epoch's seed), and is sent again, in order, every
+task the dead one had not answered. Answers the dead worker did send were kept. So each
+task is answered exactly once, and with ``in_order`` the batches come out as if nothing
+had happened. The new process's slots are filed under a new *incarnation* number, so
+slot ids it reuses can never be confused with the dead one's (whose batches the user may
+still hold: they stay valid).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import logging
 import pickle
 import signal
 import socket
@@ -45,6 +57,8 @@ from .worker import PoolConfig, WorkerConfig, worker_main
 #: worker exits at once; this only bounds one that is busy in ``__getitem__``.
 STOP_GRACE = 2.0
 
+logger = logging.getLogger("fastload")
+
 
 class WorkerDiedError(RuntimeError):
     """A worker process exited while the main process waited for its batches.
@@ -53,7 +67,7 @@ class WorkerDiedError(RuntimeError):
     killed by a signal) and ``indices``: the sample indices of the tasks it held.
     """
 
-    def __init__(self, worker_id: int, pid: int, exitcode: int, indices: list[Any]) -> None:
+    def __init__(self, worker_id: int, pid: int, exitcode: int, indices: list[Any], restarts: str = "") -> None:
         self.worker_id = worker_id
         self.pid = pid
         self.exitcode = exitcode
@@ -65,7 +79,7 @@ class WorkerDiedError(RuntimeError):
             how = f"exited unexpectedly with exit code {exitcode}"
         hint = " (killed by the kernel's OOM killer? check `dmesg`)" if self.signal == signal.SIGKILL else ""
         super().__init__(
-            f"DataLoader worker {worker_id} (pid {pid}) {how}{hint} while holding sample indices {indices}"
+            f"DataLoader worker {worker_id} (pid {pid}) {how}{hint} while holding sample indices {indices}{restarts}"
         )
 
 
@@ -88,9 +102,18 @@ class WorkerPool:
     they were sent to it; across workers, in any order.
     """
 
-    def __init__(self, config: PoolConfig, context: multiprocessing.context.BaseContext, base_seed: int) -> None:
+    def __init__(self, config: PoolConfig, context: multiprocessing.context.BaseContext, base_seed: int,
+                 max_restarts: int = 0) -> None:
         self.config = config
         self.slots = SlotTable()
+        self._context = context
+        self._base_seed = base_seed
+        self._epoch_seed: int | None = None  # set by start_epoch: what a restarted worker must use
+        self.max_restarts = max_restarts
+        #: workers replaced so far (see NOTE [ Worker restart ])
+        self.restarts = 0
+        #: the slot-table key of each worker's current process
+        self._incarnation = list(range(config.num_workers))
         self._conns: list[Connection] = []
         self._socks: list[socket.socket] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
@@ -104,23 +127,28 @@ class WorkerPool:
         self._accepting = [True] * config.num_workers
         # Registered first: it sees the lists fill up, so a failed start is cleaned up too.
         self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
-        die_with_parent = threading.current_thread() is threading.main_thread()
+        self._die_with_parent = threading.current_thread() is threading.main_thread()
         try:
             for worker_id in range(config.num_workers):
-                self._start_worker(worker_id, context, base_seed, die_with_parent)
+                self._start_worker(worker_id)
         except BaseException:
             self.shutdown(grace=0.0)
             raise
 
-    def _start_worker(self, worker_id: int, context: Any, base_seed: int, die_with_parent: bool) -> None:
-        main_end, worker_end = context.Pipe(duplex=True)
-        worker_config = WorkerConfig(self.config, worker_id, base_seed, die_with_parent)
-        process = context.Process(
+    def _start_worker(self, worker_id: int) -> None:
+        """Starts worker ``worker_id``'s process, in a new place or in a dead one's."""
+        main_end, worker_end = self._context.Pipe(duplex=True)
+        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, self._die_with_parent)
+        process = self._context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
-        self._conns.append(main_end)
-        self._socks.append(socket.socket(fileno=os.dup(main_end.fileno())))
-        self._processes.append(process)
+        sock = socket.socket(fileno=os.dup(main_end.fileno()))
+        if worker_id < len(self._processes):
+            self._conns[worker_id], self._socks[worker_id], self._processes[worker_id] = main_end, sock, process
+        else:
+            self._conns.append(main_end)
+            self._socks.append(sock)
+            self._processes.append(process)
         process.start()
         worker_end.close()  # so that later workers do not inherit it
 
@@ -132,15 +160,18 @@ class WorkerPool:
         return self._accepting[worker_id]
 
     def send_task(self, worker_id: int, task_id: int, indices: Any) -> None:
-        self._send(worker_id, messages.Task(task_id, indices, self.slots.take_released(worker_id)))
+        released = self.slots.take_released(self._incarnation[worker_id])
+        self._send(worker_id, messages.Task(task_id, indices, released))
         self.outstanding[worker_id][task_id] = indices
 
     def start_epoch(self, base_seed: int, first_task_id: int) -> None:
         """Begin a new epoch on a persistent pool; answers to older tasks will be dropped."""
         self._current_floor = first_task_id
+        self._epoch_seed = base_seed
         for worker_id in range(self.num_workers):
             if self._processes[worker_id].is_alive():
-                self._send(worker_id, messages.StartEpoch(base_seed, self.slots.take_released(worker_id)))
+                released = self.slots.take_released(self._incarnation[worker_id])
+                self._send(worker_id, messages.StartEpoch(base_seed, released))
 
     def _send(self, worker_id: int, message: Any) -> None:
         try:
@@ -170,20 +201,25 @@ class WorkerPool:
                         return received
                     break
                 if self._processes[worker_id].sentinel in ready:
-                    self._report_death(worker_id)
+                    self._worker_died(worker_id)
+                    break  # restarted: wait again, on the new process
 
     def _read(self, worker_id: int) -> Received | None:
         try:
             message = pickle.loads(self._conns[worker_id].recv_bytes())
         except (EOFError, ConnectionResetError):
-            self._processes[worker_id].join(STOP_GRACE)
-            self._report_death(worker_id)
-        self.slots.retire(worker_id, message.retired)
+            self._worker_died(worker_id)
+            return None
+        self.slots.retire(self._incarnation[worker_id], message.retired)
         if isinstance(message, messages.Error) and message.task_id is None:
             message.error.reraise()  # the worker could not start its epoch: the pool is unusable
-        self.outstanding[worker_id].pop(message.task_id, None)
         # Unpacked even when stale: it maps a new slot, and dropping it releases the slot.
-        value = self._unpack(worker_id, message) if isinstance(message, messages.Batch) else None
+        try:
+            value = self._unpack(worker_id, message) if isinstance(message, messages.Batch) else None
+        except _DiedMidMessage:
+            self._worker_died(worker_id)  # the task is still outstanding: a restart re-issues it
+            return None
+        self.outstanding[worker_id].pop(message.task_id, None)
         if message.task_id < self._current_floor:
             return None
         if isinstance(message, messages.Batch):
@@ -195,19 +231,40 @@ class WorkerPool:
         return Received(message.task_id, worker_id, "end")
 
     def _unpack(self, worker_id: int, message: messages.Batch) -> Any:
+        incarnation = self._incarnation[worker_id]
         if message.new_slot_capacity is not None:
-            fds = reduction.recvfds(self._socks[worker_id], 1)
-            self.slots.map(worker_id, message.slot_id, fds[0], message.new_slot_capacity)
+            try:
+                fds = reduction.recvfds(self._socks[worker_id], 1)
+            except (EOFError, OSError, RuntimeError) as exc:  # RuntimeError: no descriptor came
+                raise _DiedMidMessage from exc
+            self.slots.map(incarnation, message.slot_id, fds[0], message.new_slot_capacity)
         lease: np.ndarray | None = None
         if message.slot_id is not None:
-            lease = self.slots.lease(worker_id, message.slot_id, message.nbytes)
+            lease = self.slots.lease(incarnation, message.slot_id, message.nbytes)
         return unpack_batch(message.skeleton, message.layout, lease)
 
-    def _report_death(self, worker_id: int) -> None:
+    def _worker_died(self, worker_id: int) -> None:
+        """Restarts the worker (NOTE [ Worker restart ]) or raises ``WorkerDiedError``."""
         process = self._processes[worker_id]
         process.join(STOP_GRACE)
         indices = [i for task in self.outstanding[worker_id].values() for i in _as_list(task)]
-        raise WorkerDiedError(worker_id, process.pid, process.exitcode, indices)
+        if self.restarts >= self.max_restarts or self.config.iterable:
+            used = f" (after {self.restarts} worker restarts, max_worker_restarts={self.max_restarts})" \
+                if self.max_restarts else ""
+            raise WorkerDiedError(worker_id, process.pid, process.exitcode, indices, used)
+        died = WorkerDiedError(worker_id, process.pid, process.exitcode, indices)
+        self._conns[worker_id].close()
+        self._socks[worker_id].close()
+        self.slots.forget(self._incarnation[worker_id])
+        self._incarnation[worker_id] = max(self._incarnation) + 1
+        self.restarts += 1
+        self._start_worker(worker_id)
+        if self._epoch_seed is not None:
+            self._send(worker_id, messages.StartEpoch(self._epoch_seed))
+        for task_id, task in sorted(self.outstanding[worker_id].items()):
+            self._send(worker_id, messages.Task(task_id, task))
+        logger.warning("fastload: %s; restarted it as pid %d (restart %d of max_worker_restarts=%d)",
+                       died, self._processes[worker_id].pid, self.restarts, self.max_restarts)
 
     def retire_worker(self, worker_id: int) -> None:
         """Stop sending to a worker that has exhausted its iterable dataset this epoch."""
@@ -222,6 +279,10 @@ class WorkerPool:
         busy then is stuck or irrelevant, and the error should surface now."""
         if self._finalizer.detach() is not None:
             _shutdown_processes(self._processes, self._conns, self._socks, grace)
+
+
+class _DiedMidMessage(Exception):
+    """The worker died between a batch message and the slot descriptor that follows it."""
 
 
 def _as_list(indices: Any) -> list[Any]:
