@@ -278,6 +278,16 @@ class DataLoader(torch.utils.data.DataLoader):
         return PoolLease(self._pool, owned=False, fresh=fresh, on_failure=self._drop_pool)
 
     def _make_pool(self, base_seed: int) -> WorkerPool:
+        large = _large_python_container(self.dataset)
+        if large is not None:
+            name, container = large
+            self._warn_once(
+                f"fastload: dataset.{name} is a Python {type(container).__name__} of {len(container):,} items. With "
+                f"{self.num_workers} workers, reading its items touches their reference counts, so each worker copies "
+                "the memory pages they live on (copy-on-read) and memory grows by up to that much per worker over "
+                "an epoch. Keep such data in flat containers: numpy arrays (strings as one byte buffer plus "
+                "offsets), or fastload.text.TokenSequences for token lists."
+            )
         config = PoolConfig(
             dataset=self.dataset,
             num_workers=self.num_workers,
@@ -306,4 +316,16 @@ class DataLoader(torch.utils.data.DataLoader):
 
 def _nothing() -> None:
     pass
+
+
+#: A list/dict/tuple/set attribute of the dataset with this many items is worth a warning.
+LARGE_CONTAINER = 100_000
+
+
+def _large_python_container(dataset: Any) -> tuple[str, Any] | None:
+    """The first attribute of ``dataset`` holding a large Python container, if any."""
+    for name, value in vars(dataset).items() if hasattr(dataset, "__dict__") else ():
+        if isinstance(value, (list, dict, tuple, set)) and len(value) >= LARGE_CONTAINER:
+            return name, value
+    return None
 

@@ -149,8 +149,14 @@ class WorkerPool:
             self._conns.append(main_end)
             self._socks.append(sock)
             self._processes.append(process)
-        process.start()
-        worker_end.close()  # so that later workers do not inherit it
+        try:
+            process.start()
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # spawn/forkserver pickle the worker's configuration in start(), before any
+            # worker runs: say which object could not be sent, not just that one could not.
+            raise _unpicklable(self.config, self._context, exc) from exc
+        finally:
+            worker_end.close()  # so that later workers do not inherit it
 
     @property
     def num_workers(self) -> int:
@@ -279,6 +285,21 @@ class WorkerPool:
         busy then is stuck or irrelevant, and the error should surface now."""
         if self._finalizer.detach() is not None:
             _shutdown_processes(self._processes, self._conns, self._socks, grace)
+
+
+def _unpicklable(config: PoolConfig, context: Any, exc: BaseException) -> TypeError:
+    method = context.get_start_method()
+    for name in ("dataset", "collate_fn", "worker_init_fn"):
+        value = getattr(config, name)
+        try:
+            reduction.ForkingPickler.dumps(value)
+        except Exception as error:  # noqa: BLE001 - any failure to pickle names the culprit
+            return TypeError(
+                f"fastload: with the {method!r} start method every worker receives the DataLoader's {name} by "
+                f"pickling, and {name}={value!r} cannot be pickled: {error}. Define it at module level (no lambdas "
+                "or local classes) without open files, locks or sockets, or use multiprocessing_context='fork'."
+            )
+    return TypeError(f"fastload: with the {method!r} start method the worker's configuration cannot be pickled: {exc}")
 
 
 class _DiedMidMessage(Exception):
