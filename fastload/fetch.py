@@ -126,11 +126,16 @@ class SampleFetcher:
         loses (or replaces) its malformed samples and is collated once more."""
         try:
             return collate_fn(samples)
-        except Exception:
-            if self.on_error == "raise" or self.iterable or not self.auto_collation or len(samples) < 2:
+        except Exception as exc:
+            if self.iterable or not self.auto_collation or len(samples) < 2:
                 raise
             bad = malformed(samples)
             if not bad:
+                raise
+            if self.on_error == "raise":
+                exc.add_note(f"(fastload: sample indices {[self.indices[p] for p in bad]} differ in structure from "
+                             f"the rest of the batch: {structure(samples[bad[0]])} where the others have "
+                             f"{structure(samples[next(p for p in range(len(samples)) if p not in bad)])})")
                 raise
         wanted = structure(samples[next(p for p in range(len(samples)) if p not in bad)])
         kept, indices = [], []

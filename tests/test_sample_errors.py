@@ -135,3 +135,11 @@ def test_bad_policies_are_refused():
 def test_raise_stays_the_default(no_leaks):
     with pytest.raises(ValueError, match="sample 3 is corrupt"):
         list(fastload.DataLoader(FlakySamples(), batch_size=8, num_workers=2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_under_raise_a_malformed_sample_is_named(num_workers, no_leaks):
+    with pytest.raises(RuntimeError) as caught:
+        list(fastload.DataLoader(FlakySamples(), batch_size=4, num_workers=num_workers, sampler=[4, 5, 6, 7]))
+    text = str(caught.value) + "".join(getattr(caught.value, "__notes__", []))
+    assert "sample indices [7] differ in structure from the rest of the batch" in text
