@@ -162,8 +162,7 @@ def test_voxelizer_matches_the_reference_on_arbitrary_points(n, channels, dtype,
 def test_bad_voxel_sizes_are_clear_errors(voxel_size):
     try:
         voxelizer = Voxelizer(voxel_size, [0, 0, 0, 10, 10, 10], 4, 10)
-    except ValueError as exc:  # names the first axis at fault
-        assert all(np.isfinite(v) for v in voxel_size) is False or min(voxel_size) <= 0 or "grid" in str(exc)
+    except ValueError as exc:  # names the first axis at fault (sizes are float32: 3.5e38 is inf)
         assert "voxel_size must be positive and finite; axis " in str(exc) or \
             "the grid must have between 1 and 2^31 cells per axis; axis " in str(exc)
     else:  # accepted: every size is positive, finite and small enough for a grid cell
