@@ -33,6 +33,8 @@ from __future__ import annotations
 import collections
 import mmap
 import os
+import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -46,6 +48,48 @@ SLOT_GRANULE = 1 << 20
 
 def align_up(n: int, alignment: int) -> int:
     return (n + alignment - 1) // alignment * alignment
+
+
+#: "memfd" (default) or "file": where slots live. memfds are charged to the process's
+#: memory like any anonymous memory, whatever the size of /dev/shm (a container's is
+#: often 64 MB; torch's DataLoader needs batches to fit there). Where memfd_create is
+#: missing (old kernels, some sandboxes), or with FASTLOAD_SLOT_BACKING=file, a slot is an
+#: unlinked temporary file: in /dev/shm when it has room for it, else in the temporary
+#: directory (disk-backed: slower, but it works). Either way nothing has a name for long.
+SLOT_BACKING_ENV = "FASTLOAD_SLOT_BACKING"
+
+
+def anonymous_file(name: str, capacity: int) -> int:
+    """A descriptor of a nameless shared-memory file for a slot of ``capacity`` bytes."""
+    if os.environ.get(SLOT_BACKING_ENV, "memfd") != "file" and hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create(name, os.MFD_CLOEXEC)
+        except OSError:
+            pass
+    directory = "/dev/shm" if _room_in("/dev/shm", capacity) else tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix=name + "-", dir=directory)
+    os.unlink(path)  # from here on it exists only as long as a descriptor or mapping does
+    _report_backing(directory)
+    return fd
+
+
+def _room_in(directory: str, nbytes: int) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK) and stats.f_bavail * stats.f_frsize >= 4 * nbytes
+
+
+_reported: set[str] = set()
+
+
+def _report_backing(directory: str) -> None:
+    if directory not in _reported:
+        _reported.add(directory)
+        warnings.warn(f"fastload: slots are unlinked files in {directory} (memfd_create is unavailable or "
+                      f"{SLOT_BACKING_ENV}=file)" + ("" if directory == "/dev/shm" else
+                      "; /dev/shm has too little room, so they are disk-backed"), stacklevel=3)
 
 
 @dataclass
@@ -95,7 +139,7 @@ class WorkerSlots:
         for slot_id in list(self._free):
             self._retire(slot_id)
         capacity = align_up(max(nbytes, self.min_capacity), SLOT_GRANULE)
-        fd = os.memfd_create(f"fastload-slot-{os.getpid()}-{self._next_id}", os.MFD_CLOEXEC)
+        fd = anonymous_file(f"fastload-slot-{os.getpid()}-{self._next_id}", capacity)
         try:
             os.ftruncate(fd, capacity)
             buffer = mmap.mmap(fd, capacity)
