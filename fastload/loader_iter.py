@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .fetch import EndOfData, SampleFetcher, SkippedTask
+from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
 from .sample_errors import ErrorLog
 
@@ -183,6 +184,8 @@ class PoolIterator(LoaderIterator):
         self._timeout = loader.timeout if loader.timeout > 0 else None
         self._in_order = loader.in_order
         self._max_outstanding = loader.prefetch_factor * pool.num_workers
+        self._arena_checked = False
+        self._warn_once = loader._warn_once
         self._worker_cycle = itertools.cycle(range(pool.num_workers))
         self._first_task = pool.next_task_id
         self._next_to_yield = self._first_task
@@ -223,7 +226,7 @@ class PoolIterator(LoaderIterator):
             return None
         if not self._in_order:
             worker_id = min(active, key=lambda w: self._load[w])
-            return worker_id if self._load[worker_id] < self._max_outstanding // len(active) else None
+            return worker_id if self._load[worker_id] < max(1, self._max_outstanding // len(active)) else None
         for _ in range(self._pool.num_workers):
             worker_id = next(self._worker_cycle)
             if self._pool.is_active(worker_id):
@@ -245,6 +248,8 @@ class PoolIterator(LoaderIterator):
                     self._fail()
                     raise
             if answer.kind == "batch":
+                if not self._arena_checked:
+                    self._fit_arena(answer.nbytes)
                 return answer.value
             if answer.kind == "skipped":
                 continue
@@ -272,6 +277,19 @@ class PoolIterator(LoaderIterator):
             if not self._in_order:
                 return answer
             self._answers[answer.task_id] = answer
+
+    def _fit_arena(self, batch_bytes: int) -> None:
+        """Once the first batch's size is known: keep the batches in flight (each in its
+        own slot) within half the available memory, instead of being OOM-killed."""
+        self._arena_checked = True
+        fit = batches_in_flight(batch_bytes, self._max_outstanding, self._pool.num_workers)
+        if fit < self._max_outstanding:
+            self._warn_once(
+                f"fastload: batches take {batch_bytes / 2**20:.1f} MB; {self._max_outstanding} in flight would not fit "
+                f"in half the memory available, so only {fit} will be (prefetching less). A smaller batch_size or "
+                "fewer workers would fit better."
+            )
+            self._max_outstanding = fit
 
     def _end_epoch(self) -> None:
         if self._owns_pool:

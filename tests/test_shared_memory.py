@@ -9,6 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+import fastload
+from fastload.pool.budget import BUDGET_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,3 +69,20 @@ def test_without_memfds_slots_are_unlinked_files_in_dev_shm_when_it_has_room(no_
     assert result.returncode == 0, result.stderr
     assert "fastload sum 496" in result.stdout
     assert "slots are unlinked files in /dev/shm" in result.stderr and "disk-backed" not in result.stderr
+
+
+class BigSamples(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.full((256, 1024), float(i))  # 1 MB
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_small_memory_budget_shrinks_the_arena_and_says_so(in_order, monkeypatch, no_leaks):
+    monkeypatch.setenv(BUDGET_ENV, str(24 << 20))  # 24 MB: 4 MB batches, 4 in flight + 2 being filled do not fit
+    loader = fastload.DataLoader(BigSamples(), batch_size=4, num_workers=2, in_order=in_order)
+    with pytest.warns(UserWarning, match=r"batches take 4.0 MB; 4 in flight would not fit .* so only 1 will be"):
+        total = sum(int(b[:, 0, 0].sum()) for b in loader)
+    assert total == sum(range(64))

@@ -93,6 +93,8 @@ class Received:
     value: Any = None  # the batch, or the ExceptionWrapper
     #: samples left out or replaced (NOTE [ Sample errors ] in sample_errors.py)
     failures: list[Any] = field(default_factory=list)
+    #: bytes of the batch's slot
+    nbytes: int = 0
 
 
 class WorkerPool:
@@ -229,7 +231,7 @@ class WorkerPool:
         if message.task_id < self._current_floor:
             return None
         if isinstance(message, messages.Batch):
-            return Received(message.task_id, worker_id, "batch", value, message.failures)
+            return Received(message.task_id, worker_id, "batch", value, message.failures, message.nbytes)
         if isinstance(message, messages.Skipped):
             return Received(message.task_id, worker_id, "skipped", None, message.failures)
         if isinstance(message, messages.Error):
