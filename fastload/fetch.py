@@ -23,6 +23,7 @@ import torch
 from .sample_errors import MAX_REPLACEMENTS, SampleFailure, describe, malformed, structure
 from .seeding import mix_seed
 
+
 def seed_global_rngs(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -13,7 +13,15 @@ import torch.utils.data
 from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
-from .loader_iter import EpochIterator, EpochProgress, InProcessIterator, LoaderIterator, MappedIterator, PoolIterator, PoolLease
+from .loader_iter import (
+    EpochIterator,
+    EpochProgress,
+    InProcessIterator,
+    LoaderIterator,
+    MappedIterator,
+    PoolIterator,
+    PoolLease,
+)
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage

@@ -43,7 +43,7 @@ def kill_a_worker(rng: random.Random) -> int:
 
 @pytest.mark.timeout(120)
 def test_twenty_kills_in_an_epoch_of_10k_samples_change_nothing(no_leaks, caplog):
-    make = lambda workers, **kw: fastload.DataLoader(  # noqa: E731
+    make = lambda workers, **kw: fastload.DataLoader(
         Indices(10_000), batch_size=10, shuffle=True, num_workers=workers,
         generator=torch.Generator().manual_seed(7), **kw)
     uninterrupted = [i for batch in make(0) for i in batch.tolist()]

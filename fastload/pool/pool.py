@@ -32,9 +32,9 @@ still hold: they stay valid).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import logging
 import pickle
 import signal
 import socket
@@ -295,7 +295,7 @@ def _unpicklable(config: PoolConfig, context: Any, exc: BaseException) -> TypeEr
         value = getattr(config, name)
         try:
             reduction.ForkingPickler.dumps(value)
-        except Exception as error:  # noqa: BLE001 - any failure to pickle names the culprit
+        except Exception as error:
             return TypeError(
                 f"fastload: with the {method!r} start method every worker receives the DataLoader's {name} by "
                 f"pickling, and {name}={value!r} cannot be pickled: {error}. Define it at module level (no lambdas "
