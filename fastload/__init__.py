@@ -14,7 +14,7 @@ from .samplers import (
 from .loader import DataLoader
 from .pool import WorkerDiedError
 from .sample_errors import SampleFailure, TooManySampleErrors
-from . import text
+from . import telemetry, text
 
 __all__ = [
     "BucketBatchSampler",
@@ -32,6 +32,7 @@ __all__ = [
     "default_collate",
     "default_convert",
     "get_worker_info",
+    "telemetry",
     "text",
 ]
 __version__ = "0.1.0"

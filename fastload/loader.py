@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -28,6 +30,7 @@ from .prefetch import transfer_stage
 from .sample_errors import POLICIES, ErrorLog, SampleFailure
 from .samplers import RandomSampler, ResumableSampler, SequentialSampler
 from .seeding import draw_seed, mix_seed
+from .telemetry import EpochTelemetry, LoaderStats
 
 #: Smallest slot a worker creates (bytes); larger batches get larger slots.
 DEFAULT_MIN_SLOT_BYTES = 1 << 20
@@ -67,6 +70,9 @@ class DataLoader(torch.utils.data.DataLoader):
             DDP-safe; map-style datasets). See NOTE [ Sample errors ] and :attr:`errors`.
         max_errors: under ``"skip"``/``"replace"``, more failed samples than this in one
             epoch end it with :class:`fastload.TooManySampleErrors` (None: no limit).
+        telemetry: time every batch's stages (fetch, collate, transfer, pinning, device
+            copy, the training loop's wait) for :meth:`stats` and :meth:`export_chrome_trace`;
+            see NOTE [ Telemetry ]. Off, nothing is measured.
         max_worker_restarts: replace a worker process that dies (a signal, the OOM killer)
             up to this many times over the pool's life, re-issuing its unfinished batches:
             every batch is still delivered once, in order (NOTE [ Worker restart ]).
@@ -107,6 +113,7 @@ class DataLoader(torch.utils.data.DataLoader):
         on_error: str = "raise",
         max_errors: int | None = None,
         max_worker_restarts: int = 0,
+        telemetry: bool = False,
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
             # fastload's own default samplers: same meaning as torch's, and resumable.
@@ -150,6 +157,8 @@ class DataLoader(torch.utils.data.DataLoader):
             raise ValueError("max_worker_restarts needs a map-style dataset: a new worker cannot resume the stream "
                              "position of an IterableDataset's dead one")
         self.max_worker_restarts = max_worker_restarts
+        self.telemetry = telemetry
+        self._telemetry: EpochTelemetry | None = None
         self.on_error = on_error
         self.max_errors = max_errors
         self.seed_per_sample = seed_per_sample
@@ -168,6 +177,22 @@ class DataLoader(torch.utils.data.DataLoader):
         self._resume_batches = 0  # batches of the next epoch already consumed before a resume
         self._skip_indices = 0  # index-sampler items to replay (samplers that cannot jump)
         self._skip_batches = 0  # batches to fetch and discard (IterableDataset)
+
+    def stats(self) -> LoaderStats:
+        """Telemetry of the current (or last) epoch: per-stage totals and percentiles,
+        batches/s, samples/s and the data-stall fraction (NOTE [ Telemetry ]). Print it
+        for a table. Needs ``telemetry=True``."""
+        if self._telemetry is None:
+            raise RuntimeError("DataLoader.stats() needs DataLoader(..., telemetry=True) and an epoch started")
+        finished = self._progress is not None and self._progress.finished
+        return self._telemetry.stats(time.perf_counter(), finished)
+
+    def export_chrome_trace(self, path: str | os.PathLike[str]) -> None:
+        """Writes the last batches' stage spans, per worker and for the main process, as
+        Chrome trace-event JSON (chrome://tracing, Perfetto). Needs ``telemetry=True``."""
+        if self._telemetry is None:
+            raise RuntimeError("DataLoader.export_chrome_trace() needs DataLoader(..., telemetry=True)")
+        self._telemetry.write_chrome_trace(path)
 
     @property
     def errors(self) -> list[SampleFailure]:
@@ -189,6 +214,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self._next_epoch += 1
         self._progress = EpochProgress(epoch, batches=self._resume_batches)
         self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
+        self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
         base_seed = mix_seed(self._seed, epoch, "workers")
         skip_indices, skip_batches = self._skip_indices, self._skip_batches
         self._resume_batches = self._skip_indices = self._skip_batches = 0
@@ -201,10 +227,11 @@ class DataLoader(torch.utils.data.DataLoader):
             device=self.device,
             depth=self.device_prefetch,
             warn_once=self._warn_once,
+            telemetry=self._telemetry,
         )
         for _ in itertools.islice(source, skip_batches):
             pass
-        return EpochIterator(source, self._progress)
+        return EpochIterator(source, self._progress, self._telemetry)
 
     def _make_iterator(self, base_seed: int, skip_indices: int) -> LoaderIterator:
         if self.num_workers == 0:
@@ -307,6 +334,7 @@ class DataLoader(torch.utils.data.DataLoader):
             worker_init_fn=self.worker_init_fn,
             seed_per_sample=self.seed_per_sample,
             on_error=self.on_error,
+            telemetry=self.telemetry,
             min_slot_bytes=self.min_slot_bytes,
             max_free_slots=self.prefetch_factor + 2,
         )

@@ -9,6 +9,8 @@ root seed and the epoch (NOTE [ Resumable sampling ] in ``seeding.py``).
 from __future__ import annotations
 
 import itertools
+import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from .fetch import EndOfData, SampleFetcher, SkippedTask
 from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
 from .sample_errors import ErrorLog
+from .telemetry import EpochTelemetry, collecting
 
 if TYPE_CHECKING:
     from .loader import DataLoader
@@ -47,11 +50,13 @@ class EpochProgress:
 
 class EpochIterator:
     """What ``iter(loader)`` returns: counts the batches actually handed to the user
-    (the stages below it prefetch ahead) and marks the epoch finished."""
+    (the stages below it prefetch ahead), marks the epoch finished, and with telemetry
+    times how long the user waited for each batch."""
 
-    def __init__(self, source: Iterator[Any], progress: EpochProgress) -> None:
+    def __init__(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None) -> None:
         self._source = source
         self._progress = progress
+        self._telemetry = telemetry
 
     def __iter__(self) -> EpochIterator:
         return self
@@ -60,12 +65,15 @@ class EpochIterator:
         return len(self._source)  # type: ignore[arg-type]
 
     def __next__(self) -> Any:
+        requested = time.perf_counter() if self._telemetry is not None else 0.0
         try:
             batch = next(self._source)
         except StopIteration:
             self._progress.finished = True
             raise
         self._progress.batches += 1
+        if self._telemetry is not None:
+            self._telemetry.waited(requested, time.perf_counter())
         return batch
 
 
@@ -92,6 +100,7 @@ class LoaderIterator:
     def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
         self._dataset = loader.dataset
         self._errors: ErrorLog = loader._error_log
+        self._telemetry: EpochTelemetry | None = loader._telemetry
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
@@ -148,8 +157,14 @@ class InProcessIterator(LoaderIterator):
     def _next_data(self) -> Any:
         while True:
             task = next(self._sampler_iter)
+            timings: dict[str, float] = {}
+            started = time.perf_counter()
             try:
-                samples = self._fetcher.fetch(task)
+                if self._telemetry is not None:
+                    with collecting(timings):
+                        samples = self._fetcher.fetch(task)
+                else:
+                    samples = self._fetcher.fetch(task)
             except EndOfData:
                 raise StopIteration from None
             except SkippedTask:
@@ -159,8 +174,15 @@ class InProcessIterator(LoaderIterator):
                 if self._fetcher.current_index is not None:
                     exc.add_note(f"(fastload: raised while fetching sample index {self._fetcher.current_index!r})")
                 raise
+            fetched = time.perf_counter()
             batch = self._fetcher.collate(samples, self._collate_fn)
             self._errors.record(self._fetcher.take_failures())
+            if self._telemetry is not None:
+                collated = time.perf_counter()
+                timings.update(fetch=fetched - started, collate=collated - fetched)
+                self._telemetry.add(timings, len(samples) if self._fetcher.auto_collation else 1)
+                self._telemetry.span("fetch", os.getpid(), started, fetched)
+                self._telemetry.span("collate", os.getpid(), fetched, collated)
             return batch
 
 
@@ -250,6 +272,11 @@ class PoolIterator(LoaderIterator):
             if answer.kind == "batch":
                 if not self._arena_checked:
                     self._fit_arena(answer.nbytes)
+                if answer.telemetry is not None and self._telemetry is not None:
+                    timings, samples, spans, pid = answer.telemetry
+                    self._telemetry.add(timings, samples)
+                    for name, start, end in spans:
+                        self._telemetry.span(name, pid, start, end)
                 return answer.value
             if answer.kind == "skipped":
                 continue

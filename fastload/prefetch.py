@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
 from .loader_iter import MappedIterator
+from .telemetry import EpochTelemetry
 
 
 def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -68,8 +70,10 @@ class CudaPrefetcher:
 
     _ALIGN = 256  # device views start at 256-byte boundaries, as cudaMalloc's do
 
-    def __init__(self, source: Iterator[Any], device: torch.device, depth: int) -> None:
+    def __init__(self, source: Iterator[Any], device: torch.device, depth: int,
+                 telemetry: EpochTelemetry | None = None) -> None:
         self._source = source
+        self._telemetry = telemetry
         self._device = device
         self._depth = max(1, depth)
         self._stream = torch.cuda.Stream(device=device)
@@ -90,7 +94,10 @@ class CudaPrefetcher:
             except StopIteration:
                 self._exhausted = True
                 break
+            started = time.perf_counter()
             self._in_flight.append(self._launch(batch))
+            if self._telemetry is not None:  # the host side: staging copy and enqueueing the transfer
+                self._telemetry.add({"h2d": time.perf_counter() - started})
         if not self._in_flight:
             raise StopIteration
         batch, device_buffer, copied = self._in_flight.popleft()
@@ -137,15 +144,25 @@ class CudaPrefetcher:
 
 
 def transfer_stage(source: Iterator[Any], *, pin_memory: bool, device: torch.device | None, depth: int,
-                   warn_once: Callable[[str], None]) -> Iterator[Any]:
+                   warn_once: Callable[[str], None], telemetry: EpochTelemetry | None = None) -> Iterator[Any]:
     """Wrap a loader iterator with what ``pin_memory``/``device`` ask for, or pass it through."""
     if device is not None and device.type == "cuda":
         if cuda_usable():
-            return CudaPrefetcher(source, device, depth)
+            return CudaPrefetcher(source, device, depth, telemetry)
         warn_once(f"fastload: device={str(device)!r} requested but CUDA is not available; batches stay on the CPU.")
         return source
     if pin_memory:
         if cuda_usable():
-            return MappedIterator(source, torch_pin_memory)
+            return MappedIterator(source, torch_pin_memory if telemetry is None else _timed_pin(telemetry))
         warn_once("fastload: pin_memory=True but CUDA is not available; batches are not pinned.")
     return source
+
+
+def _timed_pin(telemetry: EpochTelemetry) -> Callable[[Any], Any]:
+    def pin(batch: Any) -> Any:
+        started = time.perf_counter()
+        pinned = torch_pin_memory(batch)
+        telemetry.add({"pin": time.perf_counter() - started})
+        return pinned
+
+    return pin

@@ -59,6 +59,8 @@ class Batch(Answer):
     skeleton: bytes
     #: samples left out or replaced under on_error="skip"/"replace"
     failures: list[SampleFailure] = field(default_factory=list)
+    #: with telemetry: (stage seconds, samples, [(stage, start, end)]): NOTE [ Telemetry ]
+    telemetry: tuple[dict[str, float], int, list[tuple[str, float, float]]] | None = None
 
 
 @dataclass

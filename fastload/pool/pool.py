@@ -95,6 +95,8 @@ class Received:
     failures: list[Any] = field(default_factory=list)
     #: bytes of the batch's slot
     nbytes: int = 0
+    #: with telemetry: (stage seconds incl. "transfer", samples, spans, worker pid)
+    telemetry: tuple[dict[str, float], int, list[tuple[str, float, float]], int] | None = None
 
 
 class WorkerPool:
@@ -213,6 +215,7 @@ class WorkerPool:
                     break  # restarted: wait again, on the new process
 
     def _read(self, worker_id: int) -> Received | None:
+        arrived = time.perf_counter()
         try:
             message = pickle.loads(self._conns[worker_id].recv_bytes())
         except (EOFError, ConnectionResetError):
@@ -231,7 +234,12 @@ class WorkerPool:
         if message.task_id < self._current_floor:
             return None
         if isinstance(message, messages.Batch):
-            return Received(message.task_id, worker_id, "batch", value, message.failures, message.nbytes)
+            telemetry = None
+            if message.telemetry is not None:
+                timings, samples, spans = message.telemetry
+                timings["transfer"] = time.perf_counter() - arrived
+                telemetry = (timings, samples, spans, self._processes[worker_id].pid)
+            return Received(message.task_id, worker_id, "batch", value, message.failures, message.nbytes, telemetry)
         if isinstance(message, messages.Skipped):
             return Received(message.task_id, worker_id, "skipped", None, message.failures)
         if isinstance(message, messages.Error):

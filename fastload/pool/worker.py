@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
@@ -35,6 +36,7 @@ from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
 from ..fetch import EndOfData, SampleFetcher, SkippedTask, seed_global_rngs
+from ..telemetry import collecting
 from . import messages
 from .arena import WorkerSlots
 from .batch_codec import pack_batch
@@ -60,6 +62,8 @@ class PoolConfig:
     seed_per_sample: bool
     #: see NOTE [ Sample errors ] in sample_errors.py
     on_error: str
+    #: measure the stages of each batch (NOTE [ Telemetry ] in telemetry.py)
+    telemetry: bool
     min_slot_bytes: int
     max_free_slots: int
 
@@ -163,8 +167,14 @@ class _WorkerLoop:
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
 
     def _run_task(self, task: messages.Task) -> None:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
         try:
-            samples = self.fetcher.fetch(task.indices)
+            if self.pool.telemetry:
+                with collecting(timings):
+                    samples = self.fetcher.fetch(task.indices)
+            else:
+                samples = self.fetcher.fetch(task.indices)
         except EndOfData:
             self._send(messages.EndOfData(task.task_id, self.slots.take_retired()))
             return
@@ -175,6 +185,7 @@ class _WorkerLoop:
             self.fetcher.take_failures()  # the error ends the epoch; it says what happened
             self._send_error(task, exc, self.fetcher.current_index)
             return
+        fetched = time.perf_counter()
         try:
             collate = deferred_collate if self.pool.collate_in_slot else self.pool.collate_fn
             batch = self.fetcher.collate(samples, collate)
@@ -183,6 +194,12 @@ class _WorkerLoop:
             self.fetcher.take_failures()
             self._send_error(task, exc, None)
             return
+        telemetry = None
+        if self.pool.telemetry:
+            collated = time.perf_counter()
+            timings.update(fetch=fetched - started, collate=collated - fetched)
+            count = len(samples) if self.pool.auto_collation else 1
+            telemetry = (timings, count, [("fetch", started, fetched), ("collate", fetched, collated)])
         slot = packed.slot
         self._send(
             messages.Batch(
@@ -194,6 +211,7 @@ class _WorkerLoop:
                 layout=packed.layout,
                 skeleton=packed.skeleton,
                 failures=self.fetcher.take_failures(),
+                telemetry=telemetry,
             )
         )
         if slot is not None and slot.new_fd is not None:
