@@ -20,7 +20,7 @@ from .fetch import EndOfData, SampleFetcher, SkippedTask
 from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
 from .sample_errors import ErrorLog
-from .telemetry import EpochTelemetry, collecting
+from .telemetry import EpochTelemetry, collect_into
 
 if TYPE_CHECKING:
     from .loader import DataLoader
@@ -157,14 +157,11 @@ class InProcessIterator(LoaderIterator):
     def _next_data(self) -> Any:
         while True:
             task = next(self._sampler_iter)
-            timings: dict[str, float] = {}
+            reported: dict[str, float] = {}
             started = time.perf_counter()
+            previous = collect_into(reported) if self._telemetry is not None else None
             try:
-                if self._telemetry is not None:
-                    with collecting(timings):
-                        samples = self._fetcher.fetch(task)
-                else:
-                    samples = self._fetcher.fetch(task)
+                samples = self._fetcher.fetch(task)
             except EndOfData:
                 raise StopIteration from None
             except SkippedTask:
@@ -174,15 +171,16 @@ class InProcessIterator(LoaderIterator):
                 if self._fetcher.current_index is not None:
                     exc.add_note(f"(fastload: raised while fetching sample index {self._fetcher.current_index!r})")
                 raise
+            finally:
+                if self._telemetry is not None:
+                    collect_into(previous)
             fetched = time.perf_counter()
             batch = self._fetcher.collate(samples, self._collate_fn)
             self._errors.record(self._fetcher.take_failures())
             if self._telemetry is not None:
-                collated = time.perf_counter()
-                timings.update(fetch=fetched - started, collate=collated - fetched)
-                self._telemetry.add(timings, len(samples) if self._fetcher.auto_collation else 1)
-                self._telemetry.span("fetch", os.getpid(), started, fetched)
-                self._telemetry.span("collate", os.getpid(), fetched, collated)
+                count = len(samples) if self._fetcher.auto_collation else 1
+                self._telemetry.add((os.getpid(), started, fetched, time.perf_counter(), 0.0, 0.0, count,
+                                     reported or None))
             return batch
 
 
@@ -273,10 +271,7 @@ class PoolIterator(LoaderIterator):
                 if not self._arena_checked:
                     self._fit_arena(answer.nbytes)
                 if answer.telemetry is not None and self._telemetry is not None:
-                    timings, samples, spans, pid = answer.telemetry
-                    self._telemetry.add(timings, samples)
-                    for name, start, end in spans:
-                        self._telemetry.span(name, pid, start, end)
+                    self._telemetry.add(answer.telemetry)
                 return answer.value
             if answer.kind == "skipped":
                 continue

@@ -97,7 +97,7 @@ class CudaPrefetcher:
             started = time.perf_counter()
             self._in_flight.append(self._launch(batch))
             if self._telemetry is not None:  # the host side: staging copy and enqueueing the transfer
-                self._telemetry.add({"h2d": time.perf_counter() - started})
+                self._telemetry.add_stage("h2d", time.perf_counter() - started)
         if not self._in_flight:
             raise StopIteration
         batch, device_buffer, copied = self._in_flight.popleft()
@@ -162,7 +162,7 @@ def _timed_pin(telemetry: EpochTelemetry) -> Callable[[Any], Any]:
     def pin(batch: Any) -> Any:
         started = time.perf_counter()
         pinned = torch_pin_memory(batch)
-        telemetry.add({"pin": time.perf_counter() - started})
+        telemetry.add_stage("pin", time.perf_counter() - started)
         return pinned
 
     return pin

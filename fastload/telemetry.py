@@ -20,7 +20,9 @@ The first batch's wait (starting workers, filling the pipeline) is reported apar
 ``startup_s`` and left out of the fraction. Off (the default), nothing is measured.
 
 Times are ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux, shared by all processes), so
-worker and main-process spans line up in :meth:`EpochTelemetry.chrome_trace`.
+worker and main-process spans line up in :meth:`EpochTelemetry.chrome_trace`. On the hot
+path each batch only appends its raw timestamps (a tuple, one per side); durations and
+percentiles are computed when :meth:`stats` is called.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-#: spans kept per process for the Chrome trace
+#: batches per process in the Chrome trace
 TRACE_BATCHES = 256
 
 _active: dict[str, float] | None = None  # the running fetch's reported stages, in this process
@@ -55,15 +57,18 @@ def stage(name: str) -> Iterator[None]:
         _active[name] = _active.get(name, 0.0) + time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def collecting(into: dict[str, float]) -> Iterator[None]:
-    """Within this block, :func:`stage` adds to ``into`` (one batch's fetch)."""
+def collect_into(reported: dict[str, float] | None) -> dict[str, float] | None:
+    """From now on :func:`stage` adds to ``reported`` (one batch's fetch); returns what
+    was collected into before, for :func:`collect_into` to restore. A plain function, not
+    a context manager: it runs once per batch, on the hot path."""
     global _active
-    previous, _active = _active, into
-    try:
-        yield
-    finally:
-        _active = previous
+    previous, _active = _active, reported
+    return previous
+
+
+#: One batch as measured: (pid, fetch start, fetch end, collate end, arrival in the main
+#: process, unpacked, samples, reported stages). Durations are derived when asked for.
+BatchRecord = tuple[int, float, float, float, float, float, int, "dict[str, float] | None"]
 
 
 @dataclass(frozen=True)
@@ -106,62 +111,84 @@ class LoaderStats:
 
 @dataclass
 class EpochTelemetry:
-    """What the main process gathers over one epoch."""
+    """What the main process gathers over one epoch: raw timestamps, appended once per
+    batch (the cheap part); durations, percentiles and traces are computed when asked for."""
 
     epoch: int
-    durations: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
-    samples: int = 0
-    first_request: float | None = None
-    started: float | None = None  # when the first batch arrived: the wall clock starts
-    last_return: float | None = None
-    startup: float = 0.0
-    #: (name, pid, start, end) spans for the Chrome trace, the last TRACE_BATCHES per process
-    spans: dict[int, collections.deque[tuple[str, float, float]]] = field(default_factory=dict)
+    records: list[BatchRecord] = field(default_factory=list)
+    waits: list[tuple[float, float]] = field(default_factory=list)
+    #: pin and h2d durations, measured in the main process
+    extra: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
 
-    def add(self, timings: dict[str, float], samples: int = 0) -> None:
-        for name, seconds in timings.items():
-            self.durations[name].append(seconds)
-        self.samples += samples
+    def add(self, record: BatchRecord) -> None:
+        self.records.append(record)
 
-    def span(self, name: str, pid: int, start: float, end: float) -> None:
-        self.spans.setdefault(pid, collections.deque(maxlen=TRACE_BATCHES * 4)).append((name, start, end))
+    def add_stage(self, name: str, seconds: float) -> None:
+        self.extra[name].append(seconds)
 
     def waited(self, start: float, end: float) -> None:
         """The training loop asked for a batch at ``start`` and got it at ``end``."""
-        if self.started is None:
-            self.first_request, self.started, self.startup = start, end, end - start
-        else:
-            self.durations["wait"].append(end - start)
-        self.last_return = end
-        self.span("wait", os.getpid(), start, end)
+        self.waits.append((start, end))
+
+    def durations(self) -> dict[str, list[float]]:
+        stages: dict[str, list[float]] = collections.defaultdict(list)
+        for _pid, started, fetched, collated, arrived, unpacked, _samples, reported in self.records:
+            stages["fetch"].append(fetched - started)
+            for name, seconds in (reported or {}).items():
+                stages[name].append(seconds)
+            stages["collate"].append(collated - fetched)
+            if unpacked > arrived:  # 0, 0 in the main process: no transfer
+                stages["transfer"].append(unpacked - arrived)
+        stages.update(self.extra)
+        if len(self.waits) > 1:
+            stages["wait"] = [end - start for start, end in self.waits[1:]]
+        return stages
 
     def stats(self, now: float | None = None, finished: bool = False) -> LoaderStats:
-        end = self.last_return if finished or now is None else now
-        wall = 0.0 if self.started is None or end is None else max(0.0, end - self.started)
-        waits = self.durations.get("wait", [])
-        batches = len(waits) + (self.started is not None)
+        started = self.waits[0][1] if self.waits else None
+        end = (self.waits[-1][1] if self.waits else None) if finished or now is None else now
+        wall = 0.0 if started is None or end is None else max(0.0, end - started)
         stages = {}
-        for name, values in self.durations.items():
+        durations = self.durations()
+        for name, values in durations.items():
             ordered = sorted(values)
             stages[name] = StageStats(
                 count=len(values), total_s=sum(values), mean_ms=1e3 * statistics.fmean(values),
                 p50_ms=1e3 * _quantile(ordered, 0.5), p90_ms=1e3 * _quantile(ordered, 0.9),
                 p99_ms=1e3 * _quantile(ordered, 0.99),
             )
-        steady = len(waits) / wall if wall else 0.0  # the batches that arrived within `wall`
+        batches = len(self.waits)
+        samples = sum(record[6] for record in self.records)
+        steady = (batches - 1) / wall if wall else 0.0  # the batches that arrived within `wall`
         return LoaderStats(
-            epoch=self.epoch, batches=batches, samples=self.samples, wall_s=wall, startup_s=self.startup,
-            batches_per_s=steady, samples_per_s=steady * self.samples / batches if batches else 0.0,
-            stall_fraction=sum(waits) / wall if wall else 0.0, stages=stages,
+            epoch=self.epoch, batches=batches, samples=samples, wall_s=wall,
+            startup_s=self.waits[0][1] - self.waits[0][0] if self.waits else 0.0,
+            batches_per_s=steady, samples_per_s=steady * samples / len(self.records) if self.records else 0.0,
+            stall_fraction=sum(durations.get("wait", [])) / wall if wall else 0.0, stages=stages,
         )
 
-    def chrome_trace(self) -> dict[str, Any]:
-        """The recent spans as Chrome's trace-event JSON (open in chrome://tracing or Perfetto)."""
+    def chrome_trace(self, last: int = TRACE_BATCHES) -> dict[str, Any]:
+        """The last ``last`` batches of each process as Chrome's trace-event JSON (open in
+        chrome://tracing or Perfetto): fetch and collate per worker, transfer and the
+        training loop's waits in the main process."""
+        main = os.getpid()
+        per_process: dict[int, list[BatchRecord]] = collections.defaultdict(list)
+        for record in self.records:
+            per_process[record[0]].append(record)
         events = []
-        for pid, spans in self.spans.items():
-            for name, start, end in spans:
-                events.append({"name": name, "ph": "X", "pid": pid, "tid": pid, "ts": start * 1e6,
-                               "dur": (end - start) * 1e6, "cat": "fastload"})
+
+        def span(name: str, pid: int, start: float, end: float) -> None:
+            events.append({"name": name, "cat": "fastload", "ph": "X", "pid": pid, "tid": pid, "ts": start * 1e6,
+                           "dur": max(0.0, end - start) * 1e6})
+
+        for pid, records in per_process.items():
+            for _pid, started, fetched, collated, arrived, unpacked, _samples, _reported in records[-last:]:
+                span("fetch", pid, started, fetched)
+                span("collate", pid, fetched, collated)
+                if unpacked > arrived:
+                    span("transfer", main, arrived, unpacked)
+        for start, end in self.waits[-last:]:
+            span("wait", main, start, end)
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
     def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:

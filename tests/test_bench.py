@@ -16,8 +16,9 @@ def test_bench_prints_table_and_writes_nothing(tmp_path):
         env={**os.environ, "PYTHONPATH": REPO},
     )
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[1]: line.split() for line in result.stdout.splitlines() if line.startswith("overhead")}
-    assert set(rows) == {"torch", "fastload"}
+    rows = {line.split()[1]: line.split() for line in result.stdout.splitlines() if line.startswith("overhead ")}
+    assert set(rows) == {"torch", "fastload", "fastload+telemetry"}
+    assert "overhead: telemetry on / off (fastload+telemetry / fastload, repeat by repeat): " in result.stdout
     assert float(rows["torch"][2]) > 0 and float(rows["fastload"][2]) > 0
     assert rows["fastload"][5].endswith("x")  # min ratio column
     assert list(tmp_path.iterdir()) == []

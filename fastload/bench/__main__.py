@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -10,7 +11,8 @@ import tempfile
 
 from tqdm import tqdm
 
-from .report import format_table
+from .environment import describe_environment
+from .report import format_table, plot, ratio_stats, to_json
 from .runner import run_scenario
 from .scenarios import SCENARIOS, BenchConfig
 
@@ -20,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m fastload.bench",
         description="Throughput of fastload against torch.utils.data.DataLoader (and DALI), measured "
         "interleaved in the same run, on generated data or your own images (--data) and lidar scans (--scans). "
-        "Writes no files.",
+        "Writes no files unless asked (--json, --plot).",
     )
     parser.add_argument(
         "scenarios", nargs="*", metavar="SCENARIO",
@@ -36,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per loader (default: 5)")
     parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario")
     parser.add_argument("--scans", metavar="DIR", help="a folder of lidar scans (.bin, .pcd, .ply) for the lidar scenario")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON: environment (CPU, cores, torch, "
+                        "Pillow flavour, DALI...), settings, every repeat, ratios, fastload's per-stage times")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw a chart: batches/s per loader per scenario "
+                        "(min–max bars) and fastload's time per batch by stage (needs matplotlib)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
     if unknown:
@@ -68,9 +74,23 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 setup.close()
             notes += setup.report({n: statistics.median(m.batches_per_s) for n, m in results[name].items()})
+            for a, b, what in setup.compare:
+                lo, med, hi = ratio_stats(results[name][a], results[name][b])
+                notes.append(f"{name}: {what} ({a} / {b}, repeat by repeat): {lo:.3f} / {med:.3f} / {hi:.3f} "
+                             "(min / median / max)")
     print(format_table(results, workers=args.workers, batch_sizes=batch_sizes))
     for line in notes:
         print(line)
+    if args.json or args.plot:
+        report = to_json(results, notes=notes, workers=args.workers, batch_sizes=batch_sizes, repeats=args.repeats,
+                         environment=describe_environment())
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+            print(f"wrote {args.json}", file=sys.stderr)
+        if args.plot:
+            plot(report, args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 

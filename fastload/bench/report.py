@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 from .runner import Measurement
 
@@ -40,3 +41,77 @@ def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, ba
                     lo, med, hi = ratio_stats(m, baseline)
                     lines.append(f"{scenario}: {name} vs {baseline.loader}: {lo:.2f}x / {med:.2f}x / {hi:.2f}x")
     return "\n".join(lines)
+
+
+def to_json(results: dict[str, dict[str, Measurement]], *, notes: list[str], workers: int,
+            batch_sizes: dict[str, int], repeats: int, environment: dict[str, Any]) -> dict[str, Any]:
+    """The run as a JSON-serialisable dict: environment, settings, every repeat, ratios."""
+    scenarios: dict[str, Any] = {}
+    for scenario, by_loader in results.items():
+        baseline = next(iter(by_loader.values()))
+        loaders = {}
+        for name, m in by_loader.items():
+            entry: dict[str, Any] = {
+                "batches_per_s": m.batches_per_s,
+                "median": statistics.median(m.batches_per_s),
+                "min": min(m.batches_per_s),
+                "max": max(m.batches_per_s),
+                "notes": m.notes,
+            }
+            if m is not baseline:
+                lo, med, hi = ratio_stats(m, baseline)
+                entry["vs_baseline"] = {"min": lo, "median": med, "max": hi}
+            if m.stages_ms:
+                entry["stages_ms_per_batch"] = m.stages_ms
+                entry["stall_fraction"] = m.stall_fraction
+            loaders[name] = entry
+        scenarios[scenario] = {"batch_size": batch_sizes[scenario], "baseline": baseline.loader, "loaders": loaders,
+                               "notes": [n for n in notes if n.startswith(f"{scenario}:")]}
+    return {"environment": environment, "workers": workers, "repeats": repeats, "scenarios": scenarios}
+
+
+#: stages drawn in the breakdown, in pipeline order (the rest, if any, after them)
+STAGE_ORDER = ("fetch", "decode", "collate", "transfer", "pin", "h2d", "wait")
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """A PNG: per scenario, each loader's batches/s (median, min–max bar), and for
+    fastload's loaders the time per batch by stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = report["scenarios"]
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(4.2 * len(scenarios), 7.5), squeeze=False)
+    for column, (scenario, data) in enumerate(scenarios.items()):
+        names = list(data["loaders"])
+        medians = [data["loaders"][n]["median"] for n in names]
+        lows = [m - data["loaders"][n]["min"] for n, m in zip(names, medians)]
+        highs = [data["loaders"][n]["max"] - m for n, m in zip(names, medians)]
+        top = axes[0][column]
+        colors = ["#888888" if n == data["baseline"] else "#1f77b4" if n.startswith("fastload") else "#ff7f0e"
+                  for n in names]
+        top.bar(range(len(names)), medians, yerr=[lows, highs], capsize=4, color=colors)
+        top.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7, rotation=20)
+        top.set_title(f"{scenario} (batch {data['batch_size']})", fontsize=10)
+        top.set_ylabel("batches/s (median, min–max)" if column == 0 else "")
+        bottom = axes[1][column]
+        staged = [n for n in names if data["loaders"][n].get("stages_ms_per_batch")]
+        stages = [s for s in STAGE_ORDER if any(s in data["loaders"][n]["stages_ms_per_batch"] for n in staged)]
+        stages += sorted({s for n in staged for s in data["loaders"][n]["stages_ms_per_batch"]} - set(stages))
+        left = [0.0] * len(staged)
+        for stage in stages:
+            widths = [data["loaders"][n]["stages_ms_per_batch"].get(stage, 0.0) for n in staged]
+            bottom.barh(range(len(staged)), widths, left=left, label=stage)
+            left = [a + b for a, b in zip(left, widths)]
+        bottom.set_yticks(range(len(staged)), staged, fontsize=7)
+        bottom.set_xlabel("ms per batch, by stage (workers' stages run in parallel)", fontsize=7)
+        if staged:
+            bottom.legend(fontsize=6, loc="lower right")
+    env = report["environment"]
+    fig.suptitle(f"fastload.bench — {env['cpu']}, {env['cores']} cores, {report['workers']} workers; "
+                 f"torch {env['torch']}, {env['pillow']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -14,6 +14,10 @@ class Measurement:
     loader: str
     notes: dict[str, str] = field(default_factory=dict)
     batches_per_s: list[float] = field(default_factory=list)
+    #: fastload loaders with telemetry: mean ms per batch of each stage, and the data-stall
+    #: fraction, over the last timed run
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    stall_fraction: float | None = None
 
 
 def run_scenario(
@@ -37,4 +41,9 @@ def run_scenario(
             count, seconds = contenders[name].run(batches)
             results[name].batches_per_s.append(count / seconds)
         progress(1)
+    for name, contender in contenders.items():
+        if getattr(contender.loader, "telemetry", False) is True:
+            stats = contender.loader.stats()
+            results[name].stages_ms = {stage: s.mean_ms for stage, s in stats.stages.items()}
+            results[name].stall_fraction = stats.stall_fraction
     return results

@@ -2,6 +2,8 @@
 
 The first contender of every scenario is the baseline (torch's DataLoader); the others
 are built with the same arguments unless the difference is the point (bucketing).
+fastload's loaders run with ``telemetry=True``, for the per-stage breakdown; its cost is
+measured in the ``overhead`` scenario (``fastload`` vs ``fastload+telemetry``).
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class ScenarioSetup:
     #: lines printed under the table (decoder costs, ceilings); may use measured rates
     report: Callable[[dict[str, float]], list[str]] = lambda rates: []
     close: Callable[[], None] = lambda: None
+    #: (a, b, what): print a's batches/s over b's, repeat by repeat, as "what"
+    compare: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -122,7 +126,9 @@ def _overhead(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     return ScenarioSetup({
         "torch": Contender(tud.DataLoader(dataset, **kwargs)),
         "fastload": Contender(fastload.DataLoader(dataset, **kwargs)),
-    })
+        # The cost of telemetry, measured where it would show most: the loader's own overhead.
+        "fastload+telemetry": Contender(fastload.DataLoader(dataset, telemetry=True, **kwargs)),
+    }, compare=[("fastload+telemetry", "fastload", "telemetry on / off")])
 
 
 TEXT_SEQUENCES = 100_000
@@ -138,8 +144,10 @@ def _text(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     bucket_note = {"padding": f"{padding_fraction(list(bucket), lengths):.1%}"}
     return ScenarioSetup({
         "torch": Contender(tud.DataLoader(corpus, batch_size=batch_size, shuffle=True, **kwargs), random_note),
-        "fastload": Contender(fastload.DataLoader(corpus, batch_size=batch_size, shuffle=True, **kwargs), random_note),
-        "fastload+bucket": Contender(fastload.DataLoader(corpus, batch_sampler=bucket, **kwargs), bucket_note),
+        "fastload": Contender(fastload.DataLoader(corpus, batch_size=batch_size, shuffle=True, telemetry=True, **kwargs),
+                              random_note),
+        "fastload+bucket": Contender(fastload.DataLoader(corpus, batch_sampler=bucket, telemetry=True, **kwargs),
+                                     bucket_note),
     })
 
 
@@ -163,7 +171,7 @@ def fastload_image_loader(root: str, batch_size: int, workers: int) -> fastload.
 
     dataset = ImageFolder(root, transform=RandomResizedCropDecode(IMAGE_SIZE))
     return fastload.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                               persistent_workers=workers > 0)
+                               persistent_workers=workers > 0, telemetry=True)
 
 
 #: loader factories a remote contender can build by name
@@ -234,7 +242,7 @@ def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     fastload_dataset = tud.ConcatDataset([LidarDataset(root, voxelizer=Voxelizer(*voxel_config))] * LIDAR_EPOCH_PASSES)
     contenders = {
         baseline_name: Contender(tud.DataLoader(torch_dataset, **kwargs)),
-        "fastload": Contender(fastload.DataLoader(fastload_dataset, **kwargs)),
+        "fastload": Contender(fastload.DataLoader(fastload_dataset, telemetry=True, **kwargs)),
     }
     table = lidar.voxelizer_table(read_point_cloud(os.path.join(root, scans.name(0))).points, rounds=max(4, config.repeats))
     scans_per_batch = len(fastload_dataset) / math.ceil(len(fastload_dataset) / config.batch_size)

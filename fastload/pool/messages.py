@@ -59,8 +59,9 @@ class Batch(Answer):
     skeleton: bytes
     #: samples left out or replaced under on_error="skip"/"replace"
     failures: list[SampleFailure] = field(default_factory=list)
-    #: with telemetry: (stage seconds, samples, [(stage, start, end)]): NOTE [ Telemetry ]
-    telemetry: tuple[dict[str, float], int, list[tuple[str, float, float]]] | None = None
+    #: with telemetry: (fetch start, fetch end, collate end, samples, reported stages or None):
+    #: NOTE [ Telemetry ] in telemetry.py
+    telemetry: tuple[float, float, float, int, dict[str, float] | None] | None = None
 
 
 @dataclass

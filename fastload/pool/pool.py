@@ -51,6 +51,7 @@ import numpy as np
 from . import messages
 from .arena import SlotTable
 from .batch_codec import unpack_batch
+from ..telemetry import BatchRecord
 from .worker import PoolConfig, WorkerConfig, worker_main
 
 #: Seconds a stopping worker gets before SIGTERM, and again before SIGKILL. An idle
@@ -95,8 +96,8 @@ class Received:
     failures: list[Any] = field(default_factory=list)
     #: bytes of the batch's slot
     nbytes: int = 0
-    #: with telemetry: (stage seconds incl. "transfer", samples, spans, worker pid)
-    telemetry: tuple[dict[str, float], int, list[tuple[str, float, float]], int] | None = None
+    #: with telemetry: the batch's record (NOTE [ Telemetry ] in telemetry.py)
+    telemetry: BatchRecord | None = None
 
 
 class WorkerPool:
@@ -236,9 +237,9 @@ class WorkerPool:
         if isinstance(message, messages.Batch):
             telemetry = None
             if message.telemetry is not None:
-                timings, samples, spans = message.telemetry
-                timings["transfer"] = time.perf_counter() - arrived
-                telemetry = (timings, samples, spans, self._processes[worker_id].pid)
+                started, fetched, collated, samples, reported = message.telemetry
+                telemetry = (self._processes[worker_id].pid, started, fetched, collated, arrived, time.perf_counter(),
+                             samples, reported)
             return Received(message.task_id, worker_id, "batch", value, message.failures, message.nbytes, telemetry)
         if isinstance(message, messages.Skipped):
             return Received(message.task_id, worker_id, "skipped", None, message.failures)

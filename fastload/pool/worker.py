@@ -36,7 +36,7 @@ from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
 from ..fetch import EndOfData, SampleFetcher, SkippedTask, seed_global_rngs
-from ..telemetry import collecting
+from ..telemetry import collect_into
 from . import messages
 from .arena import WorkerSlots
 from .batch_codec import pack_batch
@@ -167,14 +167,11 @@ class _WorkerLoop:
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
 
     def _run_task(self, task: messages.Task) -> None:
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
+        reported: dict[str, float] = {}
+        started = time.perf_counter() if self.pool.telemetry else 0.0
+        previous = collect_into(reported) if self.pool.telemetry else None
         try:
-            if self.pool.telemetry:
-                with collecting(timings):
-                    samples = self.fetcher.fetch(task.indices)
-            else:
-                samples = self.fetcher.fetch(task.indices)
+            samples = self.fetcher.fetch(task.indices)
         except EndOfData:
             self._send(messages.EndOfData(task.task_id, self.slots.take_retired()))
             return
@@ -185,7 +182,10 @@ class _WorkerLoop:
             self.fetcher.take_failures()  # the error ends the epoch; it says what happened
             self._send_error(task, exc, self.fetcher.current_index)
             return
-        fetched = time.perf_counter()
+        finally:
+            if self.pool.telemetry:
+                collect_into(previous)
+        fetched = time.perf_counter() if self.pool.telemetry else 0.0
         try:
             collate = deferred_collate if self.pool.collate_in_slot else self.pool.collate_fn
             batch = self.fetcher.collate(samples, collate)
@@ -196,10 +196,8 @@ class _WorkerLoop:
             return
         telemetry = None
         if self.pool.telemetry:
-            collated = time.perf_counter()
-            timings.update(fetch=fetched - started, collate=collated - fetched)
             count = len(samples) if self.pool.auto_collation else 1
-            telemetry = (timings, count, [("fetch", started, fetched), ("collate", fetched, collated)])
+            telemetry = (started, fetched, time.perf_counter(), count, reported or None)
         slot = packed.slot
         self._send(
             messages.Batch(
