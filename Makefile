@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	ldconfig -p | grep -q 'libusb-1.0.so.0' \
 		|| { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; } \
 		|| echo "fastload set-up: libusb-1.0-0 is missing (apt-get install libusb-1.0-0): PLY and compressed PCD reading will fail" >&2
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar,bench]"
 	$(PY) -m pip install --quiet --no-deps --target $(STOCK_PILLOW) \
 		"pillow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("pillow"))')"
 	$(PY) -m pip install --quiet --force-reinstall --no-deps $(PILLOW_SIMD) \

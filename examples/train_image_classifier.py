@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import torch
 import torchvision
@@ -44,6 +43,7 @@ def main() -> None:
         loader = fastload.DataLoader(
             dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
             persistent_workers=True, batch_transform=crop.finish_batch, device=device,
+            telemetry=True,  # loader.stats(): per-stage times and the data-stall fraction
         )
         model = torchvision.models.resnet18(num_classes=len(dataset.classes)).to(device)
         model = model.to(memory_format=torch.channels_last)
@@ -51,20 +51,9 @@ def main() -> None:
         mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
 
-        step, images, waited = 0, 0, 0.0
-        start = None
-        while step < args.steps:
-            batches = iter(loader)
-            while step < args.steps:
-                before = time.perf_counter()
-                try:
-                    inputs, labels = next(batches)
-                except StopIteration:
-                    break
-                if start is None:
-                    start = time.perf_counter()  # after the first batch: workers are up
-                else:
-                    waited += time.perf_counter() - before
+        step = 0
+        while step < args.steps:  # epochs, until --steps training steps
+            for inputs, labels in loader:
                 inputs = ((inputs.float() - mean) / std).contiguous(memory_format=torch.channels_last)
                 loss = nn.functional.cross_entropy(model(inputs), labels)
                 optimizer.zero_grad(set_to_none=True)
@@ -73,13 +62,14 @@ def main() -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 step += 1
-                images += 0 if step == 1 else len(labels)
                 if step % 5 == 0:
                     print(f"step {step:4d}  loss {loss.item():.3f}")
-        elapsed = time.perf_counter() - start
-        print(f"{images} images in {elapsed:.2f}s: {images / elapsed:.0f} images/s on {device}, "
-              f"data stall {waited / elapsed:.1%} (time waiting for batches)")
-
+                if step == args.steps:
+                    break
+        stats = loader.stats()  # of the last epoch
+        print(stats)
+        print(f"{stats.samples_per_s:.0f} images/s on {device}, data stall {stats.stall_fraction:.1%} "
+              "(time waiting for batches)")
 
 if __name__ == "__main__":
     main()

@@ -127,24 +127,15 @@ def main() -> None:
             dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
             persistent_workers=True, seed_per_sample=True, pin_memory=cuda,
             collate_fn=fastload.VoxelCollator("concat", object_keys=("gt_boxes",)),
+            telemetry=True,  # loader.stats(): per-stage times and the data-stall fraction
         )
         nx, ny, _ = voxelizer.grid_size
         model = PillarDetector((ny, nx)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
-        step, scans, waited, start = 0, 0, 0.0, None
-        while step < args.steps:
-            batches = iter(loader)
-            while step < args.steps:
-                before = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                if start is None:
-                    start = time.perf_counter()  # after the first batch: workers are up
-                else:
-                    waited += time.perf_counter() - before
+        step = 0
+        while step < args.steps:  # epochs, until --steps training steps
+            for batch in loader:
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 logits = model(batch["voxels"], batch["num_points"], batch["coords"], args.batch_size)
                 if "gt_boxes" in batch:
@@ -160,13 +151,14 @@ def main() -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 step += 1
-                scans += 0 if step == 1 else args.batch_size
                 if step % 5 == 0:
                     print(f"step {step:4d}  loss {loss.item():.3f}  pillars/batch {len(batch['voxels'])}")
-        elapsed = time.perf_counter() - start
-        print(f"{scans} scans in {elapsed:.2f}s: {scans / elapsed:.1f} scans/s on {device}, "
-              f"data stall {waited / elapsed:.1%} (time waiting for batches)")
-
+                if step == args.steps:
+                    break
+        stats = loader.stats()  # of the last epoch
+        print(stats)
+        print(f"{stats.samples_per_s:.1f} scans/s on {device}, data stall {stats.stall_fraction:.1%} "
+              "(time waiting for batches)")
 
 if __name__ == "__main__":
     main()

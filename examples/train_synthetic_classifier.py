@@ -9,7 +9,6 @@ CUDA the batches arrive on the GPU through fastload's pinned, side-stream prefet
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -52,23 +51,23 @@ def main() -> None:
         device=device,
         generator=torch.Generator().manual_seed(0),
         seed_per_sample=True,
+        telemetry=True,  # loader.stats(): per-stage times and the data-stall fraction
     )
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 3)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
-    start, samples = time.perf_counter(), 0
     for step, (images, labels) in enumerate(loader):
         logits = model(images.float().div_(255))
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        samples += len(labels)
         if step % 10 == 0:
             print(f"step {step:4d}  loss {loss.item():.3f}")
-    elapsed = time.perf_counter() - start
-    print(f"{samples} samples in {elapsed:.2f}s: {samples / elapsed:.0f} samples/s on {device}")
+    stats = loader.stats()
+    print(stats)
+    print(f"{stats.samples_per_s:.0f} samples/s on {device}, data stall {stats.stall_fraction:.1%}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def train(loader: fastload.DataLoader, steps: int) -> dict[str, float]:
         real += int(batch["lengths"].sum())
         padded += batch["input_ids"].numel()
     seconds = time.perf_counter() - start
-    return {"loss": loss.item(), "padding": 1 - real / padded, "tokens_per_s": real / seconds}
+    return {"loss": loss.item(), "padding": 1 - real / padded, "tokens_per_s": real / seconds,
+            "stall": loader.stats().stall_fraction}
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         sequences, labels = make_corpus(directory, args.sequences)
         dataset = Labelled(sequences, labels)
-        common = dict(num_workers=args.workers, collate_fn=fastload.PadCollator())
+        common = dict(num_workers=args.workers, collate_fn=fastload.PadCollator(), telemetry=True)
         loaders = {
             "random batches": fastload.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                                                   generator=torch.Generator().manual_seed(0), **common),
@@ -106,7 +107,7 @@ def main() -> None:
         for name, loader in loaders.items():
             r = train(loader, args.steps)
             print(f"{name:<17} padded tokens {r['padding']:6.1%}   {r['tokens_per_s']:9.0f} tokens/s   "
-                  f"final loss {r['loss']:.3f}")
+                  f"data stall {r['stall']:5.1%}   final loss {r['loss']:.3f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,25 @@ def test_bench_prints_table_and_writes_nothing(tmp_path):
     assert float(rows["torch"][2]) > 0 and float(rows["fastload"][2]) > 0
     assert rows["fastload"][5].endswith("x")  # min ratio column
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_and_plot_are_written_when_asked(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "overhead", "text", "--batches", "6", "--repeats", "2",
+         "--json", str(tmp_path / "bench.json"), "--plot", str(tmp_path / "bench.png")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO},
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.png"]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {"cpu", "cores", "torch", "pillow", "dali"} <= set(report["environment"])
+    overhead = report["scenarios"]["overhead"]
+    assert overhead["baseline"] == "torch" and len(overhead["loaders"]["fastload"]["batches_per_s"]) == 2
+    assert overhead["loaders"]["fastload"]["vs_baseline"]["median"] > 0
+    assert {"fetch", "collate", "transfer", "wait"} <= set(overhead["loaders"]["fastload+telemetry"]["stages_ms_per_batch"])
+    assert report["scenarios"]["text"]["loaders"]["fastload+bucket"]["notes"]["padding"].endswith("%")
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
 def test_text_scenario_reports_padding_and_bucketing_cuts_it():

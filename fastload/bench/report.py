@@ -72,6 +72,8 @@ def to_json(results: dict[str, dict[str, Measurement]], *, notes: list[str], wor
 
 #: stages drawn in the breakdown, in pipeline order (the rest, if any, after them)
 STAGE_ORDER = ("fetch", "decode", "collate", "transfer", "pin", "h2d", "wait")
+#: the stages measured in the main process (the others happen in the workers, in parallel)
+MAIN_STAGES = ("transfer", "pin", "h2d", "wait")
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -98,15 +100,18 @@ def plot(report: dict[str, Any], path: str) -> None:
         top.set_ylabel("batches/s (median, min–max)" if column == 0 else "")
         bottom = axes[1][column]
         staged = [n for n in names if data["loaders"][n].get("stages_ms_per_batch")]
-        stages = [s for s in STAGE_ORDER if any(s in data["loaders"][n]["stages_ms_per_batch"] for n in staged)]
-        stages += sorted({s for n in staged for s in data["loaders"][n]["stages_ms_per_batch"]} - set(stages))
-        left = [0.0] * len(staged)
-        for stage in stages:
-            widths = [data["loaders"][n]["stages_ms_per_batch"].get(stage, 0.0) for n in staged]
-            bottom.barh(range(len(staged)), widths, left=left, label=stage)
+        rows = [(n, side) for n in staged for side in ("worker", "main")]
+        known = [s for s in STAGE_ORDER if any(s in data["loaders"][n]["stages_ms_per_batch"] for n in staged)]
+        known += sorted({s for n in staged for s in data["loaders"][n]["stages_ms_per_batch"]} - set(known))
+        left = [0.0] * len(rows)
+        for stage in known:
+            side_of_stage = "main" if stage in MAIN_STAGES else "worker"
+            widths = [data["loaders"][n]["stages_ms_per_batch"].get(stage, 0.0) if side == side_of_stage else 0.0
+                      for n, side in rows]
+            bottom.barh(range(len(rows)), widths, left=left, label=stage)
             left = [a + b for a, b in zip(left, widths)]
-        bottom.set_yticks(range(len(staged)), staged, fontsize=7)
-        bottom.set_xlabel("ms per batch, by stage (workers' stages run in parallel)", fontsize=7)
+        bottom.set_yticks(range(len(rows)), [f"{n}\n{side}" for n, side in rows], fontsize=7)
+        bottom.set_xlabel("ms per batch by stage: in a worker, and in the main process", fontsize=7)
         if staged:
             bottom.legend(fontsize=6, loc="lower right")
     env = report["environment"]
