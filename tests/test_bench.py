@@ -42,6 +42,15 @@ def test_json_and_plot_are_written_when_asked(tmp_path):
     assert report["scenarios"]["text"]["loaders"]["fastload+bucket"]["notes"]["padding"].endswith("%")
     png = (tmp_path / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # The README's performance section is generated from such a file.
+    readme = tmp_path / "README.md"
+    readme.write_text(open(os.path.join(REPO, "README.md")).read())
+    generated = subprocess.run([sys.executable, "benchmarks/readme_performance.py", str(tmp_path / "bench.json"),
+                                "--readme", str(readme)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert generated.returncode == 0, generated.stderr
+    text = readme.read_text()
+    assert f"{report['environment']['cores']} cores" in text and "| overhead (batch 64) | fastload+telemetry |" in text
+    assert "- overhead: telemetry on / off" in text and text.count("<!-- performance:") == 2
 
 
 def test_text_scenario_reports_padding_and_bucketing_cuts_it():
