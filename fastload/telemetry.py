@@ -5,7 +5,8 @@ NOTE [ Telemetry ]
 With ``DataLoader(telemetry=True)`` every batch carries how long its stages took:
 
 * ``fetch``: the dataset's ``__getitem__`` calls for the batch (in the worker);
-* any stage the dataset reports itself with :func:`stage` (e.g. ``"decode"``), nested
+* any stage the dataset reports itself with :func:`stage` (fastload's ImageFolder reports
+  ``read`` and ``decode``, LidarDataset ``read``, ``augment`` and ``voxelize``), nested
   in ``fetch``;
 * ``collate``: collating and writing the batch into its shared-memory slot;
 * ``transfer``: receiving it in the main process (message, slot mapping, tensors);

@@ -71,7 +71,7 @@ def to_json(results: dict[str, dict[str, Measurement]], *, notes: list[str], wor
 
 
 #: stages drawn in the breakdown, in pipeline order (the rest, if any, after them)
-STAGE_ORDER = ("fetch", "decode", "collate", "transfer", "pin", "h2d", "wait")
+STAGE_ORDER = ("fetch", "read", "decode", "augment", "voxelize", "collate", "transfer", "pin", "h2d", "wait")
 #: the stages measured in the main process (the others happen in the workers, in parallel)
 MAIN_STAGES = ("transfer", "pin", "h2d", "wait")
 
@@ -85,7 +85,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = report["scenarios"]
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(4.2 * len(scenarios), 7.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(max(8.0, 4.2 * len(scenarios)), 7.5), squeeze=False)
     for column, (scenario, data) in enumerate(scenarios.items()):
         names = list(data["loaders"])
         medians = [data["loaders"][n]["median"] for n in names]
@@ -104,10 +104,19 @@ def plot(report: dict[str, Any], path: str) -> None:
         known = [s for s in STAGE_ORDER if any(s in data["loaders"][n]["stages_ms_per_batch"] for n in staged)]
         known += sorted({s for n in staged for s in data["loaders"][n]["stages_ms_per_batch"]} - set(known))
         left = [0.0] * len(rows)
+
+        def width(name: str, stage: str) -> float:
+            # Stages the dataset reports (read, decode...) happen within fetch: fetch is drawn
+            # as what is left of it.
+            stages = data["loaders"][name]["stages_ms_per_batch"]
+            if stage != "fetch":
+                return stages.get(stage, 0.0)
+            nested = sum(v for k, v in stages.items() if k not in ("fetch", "collate", *MAIN_STAGES))
+            return max(0.0, stages.get("fetch", 0.0) - nested)
+
         for stage in known:
             side_of_stage = "main" if stage in MAIN_STAGES else "worker"
-            widths = [data["loaders"][n]["stages_ms_per_batch"].get(stage, 0.0) if side == side_of_stage else 0.0
-                      for n, side in rows]
+            widths = [width(n, stage) if side == side_of_stage else 0.0 for n, side in rows]
             bottom.barh(range(len(rows)), widths, left=left, label=stage)
             left = [a + b for a, b in zip(left, widths)]
         bottom.set_yticks(range(len(rows)), [f"{n}\n{side}" for n, side in rows], fontsize=7)

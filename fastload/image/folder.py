@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from .. import telemetry
 from .decoders import ImageDecodeError
 
 
@@ -83,13 +84,15 @@ class ImageFolder(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"ImageFolder index {index} out of range for {len(self)} images")
         index %= len(self)
-        data = self.read(index)
+        with telemetry.stage("read"):
+            data = self.read(index)
         target: Any = int(self._targets[index])
         if self.target_transform is not None:
             target = self.target_transform(target)
         if self.transform is None:
             return data, target
         try:
-            return self.transform(data), target
+            with telemetry.stage("decode"):  # the transform decodes: the crop-decode transforms
+                return self.transform(data), target
         except Exception as exc:
             raise ImageDecodeError(f"{self.path(index)}: {exc}") from exc

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import telemetry
 from .io import PointCloudError, read_point_cloud
 
 Sample = dict[str, Any]
@@ -161,15 +162,18 @@ class LidarDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         name = self.name(index)
         path = os.path.join(self.root, name)
-        sample: Sample = {"points": read_point_cloud(path).points, "frame_id": os.path.splitext(name)[0]}
+        with telemetry.stage("read"):
+            sample: Sample = {"points": read_point_cloud(path).points, "frame_id": os.path.splitext(name)[0]}
         if self.labels_root is not None:
             boxes = np.load(self._label_path(name)).astype(np.float32)
             if boxes.ndim != 2 or boxes.shape[1] < 7:
                 raise PointCloudError(f"{self._label_path(name)}: boxes must be (K, 7+), got {boxes.shape}")
             sample["gt_boxes"] = boxes
-        for transform in self.transforms:
-            sample = transform(sample)
+        with telemetry.stage("augment"):
+            for transform in self.transforms:
+                sample = transform(sample)
         if self.voxelizer is not None:
-            points = np.ascontiguousarray(sample.pop("points"))
-            sample["voxels"], sample["coords"], sample["num_points"] = self.voxelizer(points)
+            with telemetry.stage("voxelize"):
+                points = np.ascontiguousarray(sample.pop("points"))
+                sample["voxels"], sample["coords"], sample["num_points"] = self.voxelizer(points)
         return sample
