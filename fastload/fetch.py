@@ -133,12 +133,11 @@ class SampleFetcher:
             bad = malformed(samples)
             if not bad:
                 raise
+            wanted = structure(samples[next(p for p in range(len(samples)) if p not in bad)])
             if self.on_error == "raise":
                 exc.add_note(f"(fastload: sample indices {[self.indices[p] for p in bad]} differ in structure from "
-                             f"the rest of the batch: {structure(samples[bad[0]])} where the others have "
-                             f"{structure(samples[next(p for p in range(len(samples)) if p not in bad)])})")
+                             f"the rest of the batch: {structure(samples[bad[0]])} where the others have {wanted})")
                 raise
-        wanted = structure(samples[next(p for p in range(len(samples)) if p not in bad)])
         kept, indices = [], []
         for position, (index, sample) in enumerate(zip(self.indices, samples)):
             if position not in bad:
