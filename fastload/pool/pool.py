@@ -216,7 +216,7 @@ class WorkerPool:
                     break  # restarted: wait again, on the new process
 
     def _read(self, worker_id: int) -> Received | None:
-        arrived = time.perf_counter()
+        arrived = time.perf_counter() if self.config.telemetry else 0.0
         try:
             message = pickle.loads(self._conns[worker_id].recv_bytes())
         except (EOFError, ConnectionResetError):
