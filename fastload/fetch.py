@@ -105,12 +105,15 @@ class SampleFetcher:
             self.current_index = list(task)
             try:
                 samples = getitems(task)
-                self.indices = list(task)
+                self.indices = task
                 return samples
             except Exception:
                 if self.on_error == "raise":
                     raise
                 # Find the failing samples one at a time below.
+        if self.on_error == "raise":  # the common case, kept as lean as torch's fetcher
+            self.indices = task
+            return [self._get(i) for i in task]
         pairs = []
         for index in task:
             try:
