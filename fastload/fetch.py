@@ -13,7 +13,9 @@ randomness is not disturbed.
 
 from __future__ import annotations
 
+import inspect
 import random
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,7 +54,8 @@ class SampleFetcher:
     then names the index (or, for ``__getitems__``, the indices) being fetched, ``None``
     for an iterable dataset. The other policies (NOTE [ Sample errors ] in
     ``sample_errors.py``) leave out or replace failed samples and collect
-    :class:`SampleFailure` records, taken with :meth:`take_failures`.
+    :class:`SampleFailure` records, taken with :meth:`take_failures`. ``stream`` names
+    where an iterable dataset's stream is read (``"worker 1"``), for those records.
     """
 
     def __init__(
@@ -65,9 +68,11 @@ class SampleFetcher:
         seed_per_sample: bool,
         restore_rng: bool,
         on_error: str = "raise",
+        stream: str = "the main process",
     ) -> None:
         self.dataset = dataset
         self.on_error = on_error
+        self.stream = stream
         self.failures: list[SampleFailure] = []
         #: the index each sample of the last map-style batch came from (replacements included)
         self.indices: list[Any] = []
@@ -80,12 +85,28 @@ class SampleFetcher:
         self.current_index: Any = None
         self._iterator: Iterator[Any] | None = None
         self._ended = False
+        self._drawn = 0  # items drawn from the iterable's stream this epoch
+        self._last_failed = False  # the last item drawn raised
 
-    def start_epoch(self, base_seed: int) -> None:
+    def start_epoch(self, base_seed: int, skip_items: int = 0) -> None:
+        """Start an epoch with per-sample seeds from ``base_seed``; an iterable dataset's
+        stream is created anew and its first ``skip_items`` items drawn and dropped (a
+        resume: those were delivered, or reported failed, before; NOTE [ Resume ])."""
         self.base_seed = base_seed
         if self.iterable:
             self._iterator = iter(self.dataset)
             self._ended = False
+            self._drawn = 0
+            self._last_failed = False
+            for _ in range(skip_items):
+                try:
+                    self._draw()
+                except StopIteration:
+                    break
+                except _Failed:
+                    if self._ended:
+                        break
+            self.failures.clear()  # reported by the epoch that first drew them
 
     def take_failures(self) -> list[SampleFailure]:
         failures, self.failures = self.failures, []
@@ -203,29 +224,53 @@ class SampleFetcher:
             raise EndOfData
         if not self.auto_collation:
             try:
-                return next(self._iterator)
+                return self._draw()
             except StopIteration:
-                self._ended = True
                 raise EndOfData from None
-            except Exception as exc:
-                if self.on_error == "raise":
-                    raise
-                self.failures.append(SampleFailure(None, describe(exc)))  # an iterable has no index
+            except _Failed:
                 raise SkippedTask from None
         samples = []
         for _ in task:
             try:
-                samples.append(next(self._iterator))
+                samples.append(self._draw())
             except StopIteration:
-                self._ended = True
                 break
-            except Exception as exc:
-                if self.on_error == "raise":
-                    raise
-                self.failures.append(SampleFailure(None, describe(exc)))  # an iterable has no index
-        if not samples or (self.drop_last and len(samples) < len(task)):
+            except _Failed:
+                if self._ended:
+                    break
+        if self._ended and (not samples or self.drop_last and len(samples) < len(task)):
             raise EndOfData
+        if not samples:  # every item failed, and the stream goes on
+            raise SkippedTask
         return samples
+
+    def _draw(self) -> Any:
+        """The stream's next item. Raises ``StopIteration`` at its end, and ``_Failed``
+        (under skip) for an item that raised, recording what happened: an item left out,
+        or the end of the stream, since a generator cannot go on once it raised."""
+        assert self._iterator is not None
+        self._drawn += 1
+        try:
+            item = next(self._iterator)
+        except StopIteration:
+            self._ended = True
+            if self._last_failed:
+                # Likely an iterator over a generator that raised: what would have followed is lost.
+                self.failures.append(SampleFailure(None, "the stream ended right after this item failed (an "
+                                                         "iterator over a generator that raised?)",
+                                                   self.stream, self._drawn - 1, ended_stream=True))
+            raise
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self._last_failed = True
+            self._ended = isinstance(self._iterator, types.GeneratorType) and \
+                inspect.getgeneratorstate(self._iterator) == inspect.GEN_CLOSED
+            self.failures.append(SampleFailure(None, describe(exc), self.stream, self._drawn,
+                                               ended_stream=self._ended))
+            raise _Failed from None
+        self._last_failed = False
+        return item
 
 
 class _preserved_global_rngs:

@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.utils.data
-from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from .collate import is_default_collate
-from .loader_iter import (
-    EpochIterator,
-    EpochProgress,
-    InProcessIterator,
-    LoaderIterator,
-    MappedIterator,
-    PoolIterator,
-    PoolLease,
-)
+from .loader_iter import EpochIterator, InProcessIterator, LoaderIterator, MappedIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import transfer_stage
+from .resume import (
+    STATE_FORMAT,
+    Batching,
+    EpochProgress,
+    ResumePoint,
+    batching_of,
+    check_same_order,
+    epoch_tasks,
+    order_description,
+)
 from .sample_errors import POLICIES, ErrorLog, SampleFailure
 from .samplers import RandomSampler, ResumableSampler, SequentialSampler
 from .seeding import draw_seed, mix_seed
@@ -47,7 +49,12 @@ class DataLoader(torch.utils.data.DataLoader):
     generator if None), and the epoch: ``shuffle=True`` uses :class:`fastload.RandomSampler`
     (torch's distribution, not torch's exact permutation) and workers are seeded
     ``epoch_seed + worker_id`` as torch seeds them. So :meth:`state_dict` is a few
-    integers and :meth:`load_state_dict` resumes mid-epoch exactly.
+    integers and :meth:`load_state_dict` resumes mid-epoch with exactly the samples not
+    yet delivered (NOTE [ Resume ]); the samples' random augmentations are the same only
+    where they are seeded per sample (``seed_per_sample=True``) or absent.
+
+    As with torch, a persistent loader (``persistent_workers=True``, ``num_workers > 0``)
+    has one iterator: ``iter(loader)`` while it is alive starts a new epoch on it.
 
     The extra options are keyword-only:
 
@@ -174,9 +181,11 @@ class DataLoader(torch.utils.data.DataLoader):
         self._seed = draw_seed(generator)
         self._next_epoch = 0
         self._progress: EpochProgress | None = None
-        self._resume_batches = 0  # batches of the next epoch already consumed before a resume
-        self._skip_indices = 0  # index-sampler items to replay (samplers that cannot jump)
-        self._skip_batches = 0  # batches to fetch and discard (IterableDataset)
+        #: what load_state_dict says the next epoch skips (NOTE [ Resume ])
+        self._resume: ResumePoint | None = None
+        #: a persistent loader's live iterator (weak: the loader must not keep it, and through
+        #: it the pool, alive in a reference cycle)
+        self._iterator: weakref.ReferenceType[EpochIterator] | None = None
 
     def stats(self) -> LoaderStats:
         """Telemetry of the current (or last) epoch: per-stage totals and percentiles,
@@ -212,13 +221,14 @@ class DataLoader(torch.utils.data.DataLoader):
             )
         epoch = self._next_epoch
         self._next_epoch += 1
-        self._progress = EpochProgress(epoch, batches=self._resume_batches)
+        resume, self._resume = self._resume, None
+        batching = batching_of(self)
+        streams = max(1, self.num_workers) if batching.unit == "items" else None
+        self._progress = EpochProgress(epoch, resume, streams)
         self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
         self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
         base_seed = mix_seed(self._seed, epoch, "workers")
-        skip_indices, skip_batches = self._skip_indices, self._skip_batches
-        self._resume_batches = self._skip_indices = self._skip_batches = 0
-        batches: Iterator[Any] = self._make_iterator(base_seed, skip_indices)
+        batches: Iterator[Any] = self._make_iterator(base_seed, self._epoch_tasks(batching, resume), resume)
         if self.batch_transform is not None:
             batches = MappedIterator(batches, self.batch_transform)
         source = transfer_stage(
@@ -229,90 +239,123 @@ class DataLoader(torch.utils.data.DataLoader):
             warn_once=self._warn_once,
             telemetry=self._telemetry,
         )
-        for _ in itertools.islice(source, skip_batches):
-            pass
+        if self.persistent_workers and self.num_workers > 0:
+            live = self._iterator() if self._iterator is not None else None
+            if live is not None:
+                live.restart(source, self._progress, self._telemetry)
+                return live
+            live = EpochIterator(source, self._progress, self._telemetry)
+            self._iterator = weakref.ref(live)
+            return live
         return EpochIterator(source, self._progress, self._telemetry)
 
-    def _make_iterator(self, base_seed: int, skip_indices: int) -> LoaderIterator:
-        if self.num_workers == 0:
-            return InProcessIterator(self, base_seed, skip_indices)
-        self.check_worker_number_rationality()
-        return PoolIterator(self, base_seed, skip_indices, self._lease_pool)
+    def _epoch_tasks(self, batching: Batching, resume: ResumePoint | None) -> Iterator[tuple[Any, Any]]:
+        """(task, positions) pairs of the epoch (NOTE [ Resume ])."""
+        if batching.unit != "items":
+            return epoch_tasks(batching, resume)
+        # An iterable dataset's placeholder tasks; each draws this many items from its stream.
+        size = self.batch_size if self._auto_collation else 1
+        return ((task, size) for task in self._index_sampler)
 
-    def _resumable_sampler(self) -> tuple[ResumableSampler, int] | None:
-        """The sampler that can jump to a position, and how many of its items make a batch."""
-        if self._auto_collation:
-            if isinstance(self.batch_sampler, ResumableSampler):
-                return self.batch_sampler, 1
-            if type(self.batch_sampler) is BatchSampler and isinstance(self.batch_sampler.sampler, ResumableSampler):
-                return self.batch_sampler.sampler, self.batch_sampler.batch_size
-            return None
-        return (self.sampler, 1) if isinstance(self.sampler, ResumableSampler) else None
+    def _make_iterator(self, base_seed: int, tasks: Iterator[tuple[Any, Any]],
+                       resume: ResumePoint | None) -> LoaderIterator:
+        if self.num_workers == 0:
+            return InProcessIterator(self, base_seed, tasks, resume)
+        self.check_worker_number_rationality()
+        return PoolIterator(self, base_seed, tasks, resume, self._lease_pool)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: a small JSON-serialisable dict of ints.
+        """Where the loader is: a small JSON-serialisable dict (NOTE [ Resume ]).
 
-        ``{"seed", "epoch", "batches", "sampler"}``: the loader's root seed, the epoch in
-        progress (the next one once an epoch has been iterated to its end), the batches of
-        it already handed out, and the sampler's own ``{"seed", "epoch"}`` when it is a
-        fastload sampler (else ``None``). Take it between batches, from the training loop.
+        ``"epoch"``: the epoch in progress (the next one once an epoch has been iterated to
+        its end); ``"batches"``: the batches of it handed out; ``"settled"``: the positions
+        of the epoch those (and any batches that failed whole) covered; ``"seed"``: the
+        loader's root seed; ``"sampler"``: the sampler's own state when it is a fastload
+        sampler (else ``None``); ``"order"``: what a resumed loader must share. Take it
+        between batches, from the training loop.
         """
-        progress = self._progress or EpochProgress(self._next_epoch, self._resume_batches)
-        epoch, batches = progress.epoch, progress.batches
-        if progress.finished:
-            epoch, batches = epoch + 1, 0
+        batching = batching_of(self)
+        progress = self._progress
+        if progress is None:  # nothing iterated since construction or load_state_dict
+            epoch, finished, point = self._next_epoch, False, self._resume or ResumePoint()
+        elif progress.finished:
+            epoch, finished, point = progress.epoch + 1, True, ResumePoint()
+        else:
+            epoch, finished = progress.epoch, False
+            point = ResumePoint(progress.settled.prefix, progress.settled.beyond_prefix(),
+                                stream_items=progress.stream_items, next_stream=progress.next_stream,
+                                batches=progress.batches)
+        if batching.unit == "items":
+            streams = max(1, self.num_workers)
+            settled: dict[str, Any] = {"stream_items": list(point.stream_items or [0] * streams),
+                                       "next_stream": point.next_stream}
+        else:
+            settled = {"prefix": point.prefix, "beyond": [list(r) for r in point.beyond]}
         sampler_state = None
-        resumable = self._resumable_sampler()
-        if resumable is not None:
-            state = resumable[0].state_dict()
-            sampler_state = {"seed": state["seed"], "epoch": state["epoch"] + (1 if progress.finished else 0)}
-        return {"seed": self._seed, "epoch": epoch, "batches": batches, "sampler": sampler_state}
+        if isinstance(batching.sampler, ResumableSampler):
+            sampler_state = batching.sampler.state_dict()
+            del sampler_state["start"]  # the loader's own positions say where to start
+            sampler_state["epoch"] += 1 if finished else 0
+        return {"format": STATE_FORMAT, "seed": self._seed, "epoch": epoch, "batches": point.batches,
+                "settled": settled, "sampler": sampler_state, "order": order_description(self, batching)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the next ``iter(loader)`` yields exactly the batches
-        an uninterrupted loader would have yielded after that point.
+        """Resume from :meth:`state_dict`: the next ``iter(loader)`` delivers exactly the
+        samples of that epoch not yet delivered (NOTE [ Resume ]), then the next epochs
+        as an uninterrupted loader would.
 
-        fastload samplers jump straight to the position. Other samplers are replayed
-        (their indices only, cheap) and an ``IterableDataset`` re-reads and discards the
-        consumed batches; both say so once, and are exact only if that sampler or dataset
-        repeats its order.
+        ``batch_size`` and ``num_workers`` may differ from the loader that took the state
+        (an ``IterableDataset`` needs the same ``num_workers``). fastload samplers jump
+        straight to the position. Other samplers are replayed (their indices only, cheap)
+        and an ``IterableDataset``'s worker streams re-read and discard the items they had
+        given; both say so once, and are exact only if that sampler or dataset repeats its
+        order.
+
+        Raises:
+            KeyError: a key of the state is missing.
+            ValueError: not a fastload DataLoader state, or one this loader cannot resume
+                exactly (another dataset length, sampler, batching or number of worker
+                streams), named in the message.
         """
-        missing = {"seed", "epoch", "batches"} - set(state)
+        missing = {"format", "seed", "epoch", "batches", "settled", "sampler", "order"} - set(state)
         if missing:
-            raise KeyError(f"DataLoader.load_state_dict: state lacks {sorted(missing)}")
-        batches = int(state["batches"])
-        if batches < 0:
-            raise ValueError(f"DataLoader.load_state_dict: batches must be >= 0, got {batches}")
+            raise KeyError(f"DataLoader.load_state_dict: state lacks {sorted(missing)} (a state from "
+                           "fastload.DataLoader.state_dict() has them all)")
+        if state["format"] != STATE_FORMAT:
+            raise ValueError(f"DataLoader.load_state_dict: state format {state['format']!r} is not "
+                             f"{STATE_FORMAT!r}, the only one this version reads")
+        batching = batching_of(self)
+        check_same_order(state["order"], order_description(self, batching))
+        point = _resume_point(state, batching)
+        if isinstance(batching.sampler, ResumableSampler):
+            if state["sampler"] is None:
+                raise ValueError("DataLoader.load_state_dict: the state holds no sampler state for this loader's "
+                                 f"{type(batching.sampler).__name__}")
+            batching.sampler.load_state_dict({**state["sampler"], "start": point.prefix})
+            point.jumped = True
         self._seed = int(state["seed"])
         self._next_epoch = int(state["epoch"])
         self._progress = None
-        self._resume_batches = batches
-        resumable = self._resumable_sampler()
-        if resumable is not None and state.get("sampler") is not None:
-            sampler, per_batch = resumable
-            sampler.load_state_dict({**state["sampler"], "start": batches * per_batch})
-        elif self._is_iterable:
-            self._skip_batches = batches
-            if batches:
-                self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards {batches} batches.")
-        else:
-            self._skip_indices = batches
-            if batches:
-                self._warn_once(
-                    f"fastload: {type(self._index_sampler).__name__} cannot jump to a position; replaying its first "
-                    f"{batches} items to resume (exact only if it repeats its order)."
-                )
+        self._resume = point
+        if point.stream_items is not None and any(point.stream_items):
+            self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards the "
+                            f"{sum(point.stream_items)} items its worker streams had given.")
+        elif point.prefix and not point.jumped:
+            self._warn_once(
+                f"fastload: {type(batching.sampler).__name__} cannot jump to a position; replaying its first "
+                f"{point.prefix} items to resume (exact only if it repeats its order)."
+            )
 
-    def _lease_pool(self, base_seed: int) -> PoolLease:
+    def _lease_pool(self, base_seed: int, skip_items: list[int] | None) -> PoolLease:
         if not self.persistent_workers:
-            return PoolLease(self._make_pool(base_seed), owned=True, fresh=True, on_failure=_nothing)
+            return PoolLease(self._make_pool(base_seed, skip_items), owned=True, fresh=True, on_failure=_nothing)
         # Persistent workers keep the seeds of the epoch that started them, as torch's do.
         fresh = self._pool is None
         if self._pool is None:
-            self._pool = self._make_pool(base_seed)
+            self._pool = self._make_pool(base_seed, skip_items)
         return PoolLease(self._pool, owned=False, fresh=fresh, on_failure=self._drop_pool)
 
-    def _make_pool(self, base_seed: int) -> WorkerPool:
+    def _make_pool(self, base_seed: int, skip_items: list[int] | None) -> WorkerPool:
         large = _large_python_container(self.dataset)
         if large is not None:
             name, container = large
@@ -339,7 +382,7 @@ class DataLoader(torch.utils.data.DataLoader):
             max_free_slots=self.prefetch_factor + 2,
         )
         context = self.multiprocessing_context or multiprocessing.get_context()
-        return WorkerPool(config, context, base_seed, self.max_worker_restarts)
+        return WorkerPool(config, context, base_seed, self.max_worker_restarts, skip_items)
 
     def _drop_pool(self) -> None:
         self._pool = None
@@ -352,6 +395,30 @@ class DataLoader(torch.utils.data.DataLoader):
 
 def _nothing() -> None:
     pass
+
+
+def _resume_point(state: Mapping[str, Any], batching: Batching) -> ResumePoint:
+    """The settled positions of ``state``, checked."""
+    settled = state["settled"]
+    batches = int(state["batches"])
+    if batches < 0:
+        raise ValueError(f"DataLoader.load_state_dict: batches must be >= 0, got {batches}")
+    if batching.unit == "items":
+        items = [int(n) for n in settled["stream_items"]]
+        if any(n < 0 for n in items):
+            raise ValueError(f"DataLoader.load_state_dict: stream_items must be >= 0, got {items}")
+        return ResumePoint(stream_items=items, next_stream=int(settled["next_stream"]), batches=batches)
+    prefix = int(settled["prefix"])
+    beyond = [(int(start), int(end)) for start, end in settled["beyond"]]
+    previous_end = prefix
+    for start, end in beyond:
+        if not previous_end < start < end:
+            raise ValueError(f"DataLoader.load_state_dict: settled ranges must be increasing and beyond the prefix "
+                             f"{prefix}, got {beyond}")
+        previous_end = end
+    if prefix < 0:
+        raise ValueError(f"DataLoader.load_state_dict: the settled prefix must be >= 0, got {prefix}")
+    return ResumePoint(prefix, beyond, batches=batches)
 
 
 #: A list/dict/tuple/set attribute of the dataset with this many items is worth a warning.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .fetch import EndOfData, SampleFetcher, SkippedTask
 from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
+from .resume import EpochProgress, Positions, ResumePoint
 from .sample_errors import ErrorLog
 from .telemetry import EpochTelemetry, collect_into
 
@@ -39,21 +40,17 @@ class PoolLease:
     on_failure: Callable[[], None]
 
 
-@dataclass
-class EpochProgress:
-    """How far the user got in the epoch: what ``DataLoader.state_dict()`` reports."""
-
-    epoch: int
-    batches: int = 0
-    finished: bool = False
-
-
 class EpochIterator:
-    """What ``iter(loader)`` returns: counts the batches actually handed to the user
-    (the stages below it prefetch ahead), marks the epoch finished, and with telemetry
-    times how long the user waited for each batch."""
+    """What ``iter(loader)`` returns: reports each batch actually handed to the user (the
+    stages below it prefetch ahead) and the end of the epoch to its :class:`EpochProgress`
+    (NOTE [ Resume ]), and with telemetry times how long the user waited for each batch."""
 
     def __init__(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None) -> None:
+        self.restart(source, progress, telemetry)
+
+    def restart(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None) -> None:
+        """Go on with a new epoch: a persistent loader's ``iter()`` resets its live
+        iterator, as torch's does, instead of running two over one pool."""
         self._source = source
         self._progress = progress
         self._telemetry = telemetry
@@ -69,9 +66,9 @@ class EpochIterator:
         try:
             batch = next(self._source)
         except StopIteration:
-            self._progress.finished = True
+            self._progress.finish()
             raise
-        self._progress.batches += 1
+        self._progress.handed()
         if self._telemetry is not None:
             self._telemetry.waited(requested, time.perf_counter())
         return batch
@@ -95,21 +92,27 @@ class MappedIterator:
 
 
 class LoaderIterator:
-    """Common part: sampler, base seed, length and the IterableDataset length check."""
+    """Common part: tasks, progress, base seed, length and the IterableDataset length check.
 
-    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
+    ``tasks`` yields ``(task, positions)``: the indices (or, for an iterable dataset, the
+    batch-sized placeholder) and what the task covers (NOTE [ Resume ]; for an iterable
+    dataset, the number of items it draws from its stream).
+    """
+
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
+                 resume: ResumePoint | None) -> None:
         self._dataset = loader.dataset
         self._errors: ErrorLog = loader._error_log
         self._telemetry: EpochTelemetry | None = loader._telemetry
+        self._progress: EpochProgress = loader._progress  # type: ignore[assignment]
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
-        self._sampler_iter = iter(self._index_sampler)
-        # Resuming over a sampler that cannot jump: replay its first items (cheap: indices only).
-        for _ in itertools.islice(self._sampler_iter, skip_indices):
-            pass
+        self._tasks = tasks
         self._base_seed = base_seed
-        self._num_yielded = 0
+        self._num_yielded = resume.batches if resume is not None else 0
+        #: iterable datasets: items each worker stream must skip (it had given them before a resume)
+        self._skip_items = resume.stream_items if resume is not None else None
 
     def __iter__(self) -> LoaderIterator:
         return self
@@ -140,8 +143,9 @@ class LoaderIterator:
 class InProcessIterator(LoaderIterator):
     """``num_workers=0``: samples are fetched and collated in the calling thread."""
 
-    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int) -> None:
-        super().__init__(loader, base_seed, skip_indices)
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
+                 resume: ResumePoint | None) -> None:
+        super().__init__(loader, base_seed, tasks, resume)
         self._collate_fn = loader.collate_fn
         self._fetcher = SampleFetcher(
             self._dataset,
@@ -151,20 +155,25 @@ class InProcessIterator(LoaderIterator):
             seed_per_sample=loader.seed_per_sample,
             restore_rng=True,
             on_error=loader.on_error,
+            stream="the main process",
         )
-        self._fetcher.start_epoch(self._base_seed)
+        self._fetcher.start_epoch(self._base_seed, self._skip_items[0] if self._skip_items else 0)
 
     def _next_data(self) -> Any:
         while True:
-            task = next(self._sampler_iter)
+            task, positions = next(self._tasks)
+            if self._iterable:
+                positions = (0, positions)
             reported: dict[str, float] = {}
             started = time.perf_counter()
             previous = collect_into(reported) if self._telemetry is not None else None
             try:
                 samples = self._fetcher.fetch(task)
             except EndOfData:
+                self._errors.record(self._fetcher.take_failures())
                 raise StopIteration from None
             except SkippedTask:
+                self._progress.dropped(positions)
                 self._errors.record(self._fetcher.take_failures())
                 continue
             except Exception as exc:
@@ -177,6 +186,7 @@ class InProcessIterator(LoaderIterator):
             fetched = time.perf_counter()
             batch = self._fetcher.collate(samples, self._collate_fn)
             self._errors.record(self._fetcher.take_failures())
+            self._progress.yielded(positions)
             if self._telemetry is not None:
                 count = len(samples) if self._fetcher.auto_collation else 1
                 self._telemetry.add((os.getpid(), started, fetched, time.perf_counter(), 0.0, 0.0, count,
@@ -194,10 +204,10 @@ class PoolIterator(LoaderIterator):
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, skip_indices: int,
-                 lease_pool: Callable[[int], PoolLease]) -> None:
-        super().__init__(loader, base_seed, skip_indices)
-        lease = lease_pool(self._base_seed)
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
+                 resume: ResumePoint | None, lease_pool: Callable[[int, list[int] | None], PoolLease]) -> None:
+        super().__init__(loader, base_seed, tasks, resume)
+        lease = lease_pool(self._base_seed, self._skip_items)
         pool = self._pool = lease.pool
         self._owns_pool = lease.owned
         self._on_pool_failure = lease.on_failure
@@ -206,17 +216,19 @@ class PoolIterator(LoaderIterator):
         self._max_outstanding = loader.prefetch_factor * pool.num_workers
         self._arena_checked = False
         self._warn_once = loader._warn_once
-        self._worker_cycle = itertools.cycle(range(pool.num_workers))
+        # In order, workers take turns; a resumed epoch goes on with the worker whose turn was next.
+        first = resume.next_stream % pool.num_workers if resume is not None else 0
+        self._worker_cycle = itertools.cycle([*range(first, pool.num_workers), *range(first)])
         self._first_task = pool.next_task_id
         self._next_to_yield = self._first_task
-        self._task_worker: dict[int, int] = {}  # sent, not yet answered
-        self._answers: dict[int, Received] = {}  # answered out of order
+        self._sent: dict[int, Any] = {}  # task id -> positions, for tasks sent and not yet answered
+        self._answers: dict[int, tuple[Received, Any]] = {}  # answered out of order, with their positions
         self._load = [0] * pool.num_workers
         self._sampler_done = False
         try:
             if not lease.fresh:
                 pool.reactivate()
-                pool.start_epoch(self._base_seed, self._first_task)
+                pool.start_epoch(self._base_seed, self._first_task, self._skip_items)
             for _ in range(self._max_outstanding):
                 self._dispatch()
         except BaseException:
@@ -224,20 +236,20 @@ class PoolIterator(LoaderIterator):
             raise
 
     def _dispatch(self) -> None:
-        if self._sampler_done or len(self._task_worker) >= self._max_outstanding:
+        if self._sampler_done or len(self._sent) >= self._max_outstanding:
             return
         worker_id = self._choose_worker()
         if worker_id is None:
             return
         try:
-            indices = next(self._sampler_iter)
+            indices, positions = next(self._tasks)
         except StopIteration:
             self._sampler_done = True
             return
         task_id = self._pool.next_task_id
         self._pool.next_task_id += 1
         self._pool.send_task(worker_id, task_id, indices)
-        self._task_worker[task_id] = worker_id
+        self._sent[task_id] = (worker_id, positions) if self._iterable else positions
         self._load[worker_id] += 1
 
     def _choose_worker(self) -> int | None:
@@ -255,10 +267,11 @@ class PoolIterator(LoaderIterator):
 
     def _next_data(self) -> Any:
         while True:
-            answer = self._next_answer()
-            if answer is None:
+            answered = self._next_answer()
+            if answered is None:
                 self._end_epoch()
                 raise StopIteration
+            answer, positions = answered
             self._load[answer.worker_id] -= 1
             self._dispatch()
             if answer.failures:
@@ -272,21 +285,22 @@ class PoolIterator(LoaderIterator):
                     self._fit_arena(answer.nbytes)
                 if answer.telemetry is not None and self._telemetry is not None:
                     self._telemetry.add(answer.telemetry)
+                self._progress.yielded(positions)
                 return answer.value
-            if answer.kind == "skipped":
-                continue
             if answer.kind == "error":
                 answer.value.reraise()
-            # "end": that worker's iterable dataset is exhausted for this epoch
-            self._pool.retire_worker(answer.worker_id)
+            if answer.kind == "end":  # that worker's iterable dataset is exhausted for this epoch
+                self._pool.retire_worker(answer.worker_id)
+                positions = (answer.worker_id, 0)
+            self._progress.dropped(positions)
 
-    def _next_answer(self) -> Received | None:
-        """The next answer to yield, or None when the epoch is over."""
+    def _next_answer(self) -> tuple[Received, Positions] | None:
+        """The next answer to yield and its task's positions, or None when the epoch is over."""
         while True:
             if self._in_order and self._next_to_yield in self._answers:
                 self._next_to_yield += 1
                 return self._answers.pop(self._next_to_yield - 1)
-            if not self._task_worker:
+            if not self._sent:
                 if self._answers:  # only reachable out of order
                     return self._answers.pop(min(self._answers))
                 return None
@@ -295,10 +309,10 @@ class PoolIterator(LoaderIterator):
             except BaseException:
                 self._fail()
                 raise
-            del self._task_worker[answer.task_id]
+            answered = answer, self._sent.pop(answer.task_id)
             if not self._in_order:
-                return answer
-            self._answers[answer.task_id] = answer
+                return answered
+            self._answers[answer.task_id] = answered
 
     def _fit_arena(self, batch_bytes: int) -> None:
         """Once the first batch's size is known: keep the batches in flight (each in its

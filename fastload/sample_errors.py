@@ -20,6 +20,12 @@ most samples in the batch. Failures are recorded as :class:`SampleFailure` (inde
 error text) in ``loader.errors`` for the current epoch, logged once per index on the
 ``fastload`` logger, and beyond ``max_errors`` in an epoch they end it with
 :class:`TooManySampleErrors`.
+
+An ``IterableDataset`` has no indices: its failures name the item of a worker's stream
+instead. A stream may end with the error: a generator cannot go on once it raised, so
+the rest of that worker's stream is lost. That is recorded as such (``ended_stream``)
+and logged as what it is, not as one sample left out; catch errors inside the generator
+to go on past them.
 """
 
 from __future__ import annotations
@@ -43,10 +49,27 @@ logger = logging.getLogger("fastload")
 
 @dataclass(frozen=True)
 class SampleFailure:
-    """One sample that could not be used: its index and what went wrong."""
+    """One sample that could not be used: its index and what went wrong.
+
+    For an ``IterableDataset`` (``index`` is None): ``stream`` names the worker whose
+    stream it was (``"worker 1"``, or ``"the main process"``), ``item`` its 1-based
+    position there, and ``ended_stream`` says that the stream ended with it, so that
+    its remaining items were lost."""
 
     index: Any
     error: str
+    stream: str | None = None
+    item: int | None = None
+    ended_stream: bool = False
+
+    def describe(self, policy: str) -> str:
+        """What happened, in words, under ``on_error=policy``."""
+        if self.stream is None:
+            return f"sample {self.index!r} failed and was {'left out' if policy == 'skip' else 'replaced'}"
+        if self.ended_stream:
+            return (f"the stream of {self.stream} ended at its item {self.item} after an error, so the rest of "
+                    "that stream is lost (a generator cannot go on once it raised: catch errors inside it to go on)")
+        return f"item {self.item} of the stream of {self.stream} failed and was left out"
 
 
 class TooManySampleErrors(RuntimeError):
@@ -95,13 +118,13 @@ class ErrorLog:
     def record(self, failures: Sequence[SampleFailure]) -> None:
         for failure in failures:
             self.failures.append(failure)
-            if failure.index not in self._logged:
-                self._logged.add(failure.index)
-                action = "left out" if self.policy == "skip" else "replaced"
-                logger.warning("fastload: sample %r failed and was %s (on_error=%r): %s", failure.index, action,
-                               self.policy, failure.error)
+            key = failure.index if failure.stream is None else (failure.stream, failure.item, failure.ended_stream)
+            if key not in self._logged:
+                self._logged.add(key)
+                logger.warning("fastload: %s (on_error=%r): %s", failure.describe(self.policy), self.policy,
+                               failure.error)
         if self.max_errors is not None and len(self.failures) > self.max_errors:
-            shown = "; ".join(f"index {f.index!r}: {f.error}" for f in self.failures[:3])
+            shown = "; ".join(f"{f.describe(self.policy)}: {f.error}" for f in self.failures[:3])
             raise TooManySampleErrors(
                 f"{len(self.failures)} samples failed in this epoch, more than max_errors={self.max_errors}. "
                 f"First ones: {shown}"

@@ -3,8 +3,10 @@
 Every sampler here derives its order for an epoch from ``(seed, epoch)`` only (see NOTE
 [ Resumable sampling ] in ``seeding.py``) and has ``state_dict()`` /
 ``load_state_dict()`` with a few integers: ``seed``, ``epoch`` and ``start`` (how many
-items of that epoch were already yielded). ``__iter__`` computes the epoch's order
-eagerly, at ``iter()`` time.
+items of that epoch were already yielded), and ``config``: what else the order depends
+on (lengths, sizes, flags), checked on load so that a state never silently resumes a
+differently configured sampler. ``__iter__`` computes the epoch's order eagerly, at
+``iter()`` time.
 
 Epochs: calling ``set_epoch(e)`` (as with torch's ``DistributedSampler``) or
 ``load_state_dict`` fixes the epoch of the next iteration; iterating again without either
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from typing import Any
 
@@ -64,19 +67,37 @@ class ResumableSampler:
         self.epoch = epoch
         self._epoch_fixed = True
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"seed", "epoch", "start"}``: the epoch being (or last) iterated and how many
-        items of it were yielded. JSON-serialisable."""
-        return {"seed": self.seed, "epoch": int(self.epoch), "start": self._yielded}
+    def order_config(self) -> dict[str, Any]:
+        """Everything besides ``seed`` and ``epoch`` that this sampler's order depends on."""
+        raise NotImplementedError
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items."""
+    def state_dict(self) -> dict[str, Any]:
+        """``{"seed", "epoch", "start", "config"}``: the epoch being (or last) iterated, how
+        many items of it were yielded, and :meth:`order_config`. JSON-serialisable."""
+        return {"seed": self.seed, "epoch": int(self.epoch), "start": self._yielded, "config": self.order_config()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items.
+
+        Raises:
+            KeyError: ``seed`` or ``epoch`` missing.
+            ValueError: a negative ``start``, or a ``config`` other than this sampler's
+                (another length, batch size, world size, ...): its order would differ.
+        """
         missing = {"seed", "epoch"} - set(state)
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: state lacks {sorted(missing)}")
         start = int(state.get("start", 0))
         if start < 0:
             raise ValueError(f"{type(self).__name__}.load_state_dict: start must be >= 0, got {start}")
+        if "config" in state:
+            mine = self.order_config()
+            differences = [f"{key}={state['config'].get(key)!r} in the state, {mine.get(key)!r} here"
+                           for key in sorted(set(state["config"]) | set(mine))
+                           if state["config"].get(key) != mine.get(key)]
+            if differences:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: the state was taken from a sampler "
+                                 f"configured otherwise, so its order would differ: {'; '.join(differences)}")
         self.seed = int(state["seed"])
         self.set_epoch(int(state["epoch"]))
         self._start = start
@@ -127,6 +148,9 @@ class SequentialSampler(ResumableSampler, tud.SequentialSampler):
         super().__init__(data_source)
         self._init_cursor(seed=0)
 
+    def order_config(self) -> dict[str, Any]:
+        return {"length": len(self.data_source)}
+
     def __iter__(self) -> Iterator[int]:
         _, start = self._begin_epoch()
         return self._counted(range(start, len(self.data_source)))
@@ -152,6 +176,9 @@ class RandomSampler(ResumableSampler, tud.RandomSampler):
     ) -> None:
         super().__init__(data_source, replacement=replacement, num_samples=num_samples, generator=generator)
         self._init_cursor(draw_seed(generator) if seed is None else seed)
+
+    def order_config(self) -> dict[str, Any]:
+        return {"length": len(self.data_source), "replacement": self.replacement, "num_samples": self.num_samples}
 
     def __iter__(self) -> Iterator[int]:
         epoch, start = self._begin_epoch()
@@ -186,6 +213,10 @@ class DistributedSampler(ResumableSampler, tud.DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         self._init_cursor(seed)
+
+    def order_config(self) -> dict[str, Any]:
+        return {"length": len(self.dataset), "num_replicas": self.num_replicas, "rank": self.rank,  # type: ignore[arg-type]
+                "shuffle": self.shuffle, "drop_last": self.drop_last}
 
     def __iter__(self) -> Iterator[Any]:
         _, start = self._begin_epoch()
@@ -234,6 +265,11 @@ class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
         elif hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         return list(sampler)
+
+    def order_config(self) -> dict[str, Any]:
+        wrapped_length = len(self.sampler) if isinstance(self.sampler, Sized) else None
+        return {"wrapped": type(self.sampler).__name__, "wrapped_length": wrapped_length,
+                "num_replicas": self.num_replicas, "rank": self.rank, "drop_last": self.drop_last}
 
     def _per_rank(self, total: int) -> int:
         return total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
@@ -314,6 +350,14 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
             raise ValueError(f"sort_window must be >= 1, got {sort_window}")
         self.sort_window = sort_window
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._lengths_crc: int | None = None
+
+    def order_config(self) -> dict[str, Any]:
+        if self._lengths_crc is None:
+            self._lengths_crc = zlib.crc32(self.lengths.tobytes())
+        return {"length": len(self.lengths), "lengths_crc32": self._lengths_crc, "batch_size": self.batch_size,
+                "max_tokens": self.max_tokens, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "sort_window": self.sort_window}
 
     def _sorted_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches in window-sorted order (before shuffling the batches)."""
@@ -397,6 +441,9 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
         super().__init__(lengths, batch_size, max_tokens=max_tokens, shuffle=shuffle, drop_last=drop_last,
                          seed=seed, sort_window=sort_window)
         self.num_replicas, self.rank = _rank_and_world(num_replicas, rank)
+
+    def order_config(self) -> dict[str, Any]:
+        return {**super().order_config(), "num_replicas": self.num_replicas, "rank": self.rank}
 
     def _groups(self, epoch: int) -> list[list[list[int]]]:
         batches = self._sorted_batches(epoch)

@@ -5,8 +5,14 @@ NOTE [ Resumable sampling ]
 A sampler's order for an epoch and a worker's seeds for an epoch are computed from
 ``(root seed, epoch)`` (and, per sample, the sample index), never from a generator's
 running state. That is what makes a loader's state a handful of integers — root seed,
-epoch, batches already yielded — and a restored loader yield exactly the batches an
-uninterrupted one would: it recomputes the epoch's order and skips what was consumed.
+epoch, positions already delivered — and a restored loader deliver exactly the samples an
+uninterrupted one would: it recomputes the epoch's order and skips what was delivered
+(NOTE [ Resume ] in ``resume.py``).
+
+What is recomputed is fastload's: the order and the seeds. A dataset's own draws from
+the RNGs a worker was seeded with depend on everything that worker fetched before, so
+they are reproduced after a resume (or a worker restart) only when they are seeded per
+sample (``seed_per_sample=True``, NOTE [ Per-sample seeding ] in ``fetch.py``).
 """
 
 from __future__ import annotations

@@ -110,12 +110,14 @@ class FailsAt(Dataset):
 
 
 class KillsItself(Dataset):
-    """The worker fetching index ``bad`` kills itself with ``sig``."""
+    """The worker fetching index ``bad`` kills itself with ``sig``; with ``stuck_elsewhere``
+    every other sample blocks for an hour."""
 
-    def __init__(self, bad: int, sig: int, n: int = 64):
+    def __init__(self, bad: int, sig: int, n: int = 64, stuck_elsewhere: bool = False):
         self.bad = bad
         self.sig = sig
         self.n = n
+        self.stuck_elsewhere = stuck_elsewhere
 
     def __len__(self) -> int:
         return self.n
@@ -125,6 +127,8 @@ class KillsItself(Dataset):
             faulthandler.disable()  # an expected crash: no fault dump inherited from pytest
             os.kill(os.getpid(), self.sig)
             time.sleep(10)
+        if self.stuck_elsewhere and get_worker_info() is not None:
+            time.sleep(3600)
         return torch.tensor([i])
 
 
@@ -202,3 +206,88 @@ def signal_name(sig: int) -> str:
 
 def failing_worker_init(worker_id: int) -> None:
     raise OSError(f"cannot open the shard of worker {worker_id}")
+
+
+class Indices(Dataset):
+    """Sample i is ``tensor([i])``; the indices in ``slow`` sleep ``delay`` seconds first and
+    those in ``failing`` raise (a corrupt file)."""
+
+    def __init__(self, n: int = 40, slow: tuple[int, ...] = (), delay: float = 0.0, failing: tuple[int, ...] = ()):
+        self.n = n
+        self.slow = set(slow)
+        self.delay = delay
+        self.failing = set(failing)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i in self.failing:
+            raise ValueError(f"sample {i} is corrupt")
+        if i in self.slow:
+            time.sleep(self.delay)
+        return torch.tensor([i])
+
+
+class RaisingGenerator(IterableDataset):
+    """A generator-based stream of ``tensor([v])`` for v in 0..n-1 that raises at ``bad``:
+    a generator cannot go on once it raised."""
+
+    def __init__(self, n: int, bad: int):
+        self.n = n
+        self.bad = bad
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for v in range(worker, self.n, workers):
+            if v == self.bad:
+                raise ValueError(f"item {v} is corrupt")
+            yield torch.tensor([v])
+
+
+class IteratorOverRaisingGenerator(RaisingGenerator):
+    """The same stream behind an iterator class (no generator object in sight)."""
+
+    def __iter__(self):
+        return _Forward(super().__iter__())
+
+
+class _Forward:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.inner)
+
+
+class ShardedStream(IterableDataset):
+    """``tensor([v])`` for v in 0..n-1, worker w of W taking v = w mod W; the values in
+    ``failing`` raise (the iterator goes on past them)."""
+
+    def __init__(self, n: int, failing: tuple[int, ...] = ()):
+        self.n = n
+        self.failing = set(failing)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return _Shard(iter(range(worker, self.n, workers)), self.failing)
+
+
+class _Shard:
+    def __init__(self, values, failing):
+        self.values = values
+        self.failing = failing
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        v = next(self.values)
+        if v in self.failing:
+            raise ValueError(f"item {v} is corrupt")
+        return torch.tensor([v])

@@ -187,3 +187,26 @@ def test_del_loader_and_iterator_mid_epoch_stops_workers(no_leaks):
     next(it)
     del loader, it
     gc.collect()
+
+
+def _two_live_iterators(loader_class, persistent):
+    """What nested use of one loader delivers: (outer batches, inner batches per outer step,
+    whether both ``iter()`` calls returned the same object)."""
+    loader = loader_class(Squares(16), batch_size=4, num_workers=2, persistent_workers=persistent)
+    outer, inner = [], []
+    first = iter(loader)
+    for batch in first:
+        outer.append(batch[1].tolist())
+        second = iter(loader)
+        inner.append([b[1].tolist() for b in second])
+    same = first is second
+    del first, second, loader
+    gc.collect()
+    return outer, inner, same
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_two_live_iterators_behave_as_torchs(persistent, no_leaks):
+    # torch: a persistent loader has one iterator, which iter() resets; otherwise each is independent.
+    assert _two_live_iterators(fastload.DataLoader, persistent) == \
+        _two_live_iterators(torch.utils.data.DataLoader, persistent)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -48,15 +47,12 @@ def test_iteration_continues_after_a_dataset_exception(no_leaks):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
-def test_worker_killed_reports_pid_signal_and_indices_within_2s(sig, no_leaks):
+def test_worker_killed_reports_pid_signal_and_indices(sig, no_leaks):
     loader = fastload.DataLoader(KillsItself(bad=21, sig=sig), batch_size=4, num_workers=2)
-    start = time.monotonic()
     with pytest.raises(fastload.WorkerDiedError) as info:
         for _ in loader:
             pass
-    elapsed = time.monotonic() - start
     error = info.value
-    assert elapsed < 2.0, f"took {elapsed:.2f}s"
     assert error.signal == sig
     assert 21 in error.indices and [20, 21, 22, 23] == error.indices[:4]
     assert str(error.pid) in str(error) and signal.Signals(sig).name in str(error) and "21" in str(error)
@@ -64,12 +60,21 @@ def test_worker_killed_reports_pid_signal_and_indices_within_2s(sig, no_leaks):
     assert isinstance(error, RuntimeError)
 
 
+def test_a_worker_death_is_reported_while_the_other_worker_is_still_busy(no_leaks):
+    # Worker 1 dies on its first task while worker 0 is stuck in one for good: only a
+    # death noticed as it happens (not at the end of the other work) can end this.
+    loader = fastload.DataLoader(KillsItself(bad=4, sig=signal.SIGKILL, stuck_elsewhere=True), batch_size=4,
+                                 num_workers=2)
+    with pytest.raises(fastload.WorkerDiedError, match="SIGKILL") as info:
+        next(iter(loader))
+    assert info.value.worker_id == 1 and info.value.indices[:4] == [4, 5, 6, 7]
+
+
 def test_timeout_raises_like_torch(no_leaks):
-    loader = fastload.DataLoader(Slow(delay=2.0, n=8), batch_size=2, num_workers=1, timeout=0.3)
-    start = time.monotonic()
+    # The sample would take 10 minutes: only the timeout can end the wait.
+    loader = fastload.DataLoader(Slow(delay=600.0, n=8), batch_size=2, num_workers=1, timeout=0.3)
     with pytest.raises(RuntimeError, match=r"DataLoader timed out after 0.3 seconds"):
         next(iter(loader))
-    assert time.monotonic() - start < 1.5
 
 
 def _run_script(body: str, **popen_kwargs) -> subprocess.Popen:

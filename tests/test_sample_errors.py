@@ -10,6 +10,8 @@ import torch
 
 import fastload
 
+from .datasets import IteratorOverRaisingGenerator, RaisingGenerator, ShardedStream
+
 
 class FlakySamples(torch.utils.data.Dataset):
     """Index i is (i, i, i) as floats; i % 10 == 3 raises, i % 10 == 7 is malformed (5 values)."""
@@ -118,6 +120,28 @@ def test_skip_in_an_iterable_dataset(no_leaks):
     assert [f.index for f in data.errors] == [None] * 4 and "record 0 is truncated" in data.errors[0].error
 
 
+    assert [f.item for f in data.errors] == [1, 6, 11, 16] and not any(f.ended_stream for f in data.errors)
+
+
+@pytest.mark.parametrize("dataset_class", [RaisingGenerator, IteratorOverRaisingGenerator])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_says_when_a_raising_generator_ended_its_stream(dataset_class, num_workers, caplog, no_leaks):
+    # 50 items; item 8 raises: a generator is finished by it, so the rest of its stream is lost.
+    loader = fastload.DataLoader(dataset_class(50, bad=8), batch_size=4, num_workers=num_workers, on_error="skip")
+    delivered = [int(v) for batch in loader for v in batch]
+    ended = [f for f in loader.errors if f.ended_stream]
+    assert len(ended) == 1, loader.errors
+    stream, item = ("the main process", 9) if num_workers == 0 else ("worker 0", 5)  # 0,2,4,6,8 in worker 0
+    assert (ended[0].stream, ended[0].item) == (stream, item)
+    lost = [v for v in range(50) if v not in delivered]
+    assert lost == ([*range(8, 50)] if num_workers == 0 else [*range(8, 50, 2)])
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"the stream of {stream} ended at its item {item} after an error, so the rest of that stream is lost" \
+        in logged
+    # A generator is known to be finished when it raises; an iterator over one only when it then ends.
+    assert ("failed and was left out" in logged) == (dataset_class is IteratorOverRaisingGenerator)
+
+
 class Numbers(torch.utils.data.IterableDataset):
     def __iter__(self):
         return iter(range(10))
@@ -143,3 +167,12 @@ def test_under_raise_a_malformed_sample_is_named(num_workers, no_leaks):
         list(fastload.DataLoader(FlakySamples(), batch_size=4, num_workers=num_workers, sampler=[4, 5, 6, 7]))
     text = str(caught.value) + "".join(getattr(caught.value, "__notes__", []))
     assert "sample indices [7] differ in structure from the rest of the batch" in text
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_skip_in_an_iterable_dataset_goes_on_after_a_batch_that_failed_whole(num_workers, no_leaks):
+    # Batches of 2: the first batch (items 0 and 1) fails whole; the stream goes on.
+    loader = fastload.DataLoader(ShardedStream(10, failing=(0, 1)), batch_size=2, num_workers=num_workers,
+                                 on_error="skip")
+    assert [int(v) for batch in loader for v in batch] == list(range(2, 10))
+    assert [f.item for f in loader.errors] == [1, 2]

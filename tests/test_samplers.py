@@ -35,12 +35,30 @@ def test_sampler_state_resumes_its_own_iteration():
     it = iter(sampler)
     head = [next(it) for _ in range(7)]
     state = sampler.state_dict()
-    assert state == {"seed": 9, "epoch": 1, "start": 7}
+    assert state == {"seed": 9, "epoch": 1, "start": 7,
+                     "config": {"length": 30, "replacement": False, "num_samples": 30}}
     other = fastload.RandomSampler(range(30), seed=0)
     other.load_state_dict(state)
     full = fastload.RandomSampler(range(30), seed=9)
     list(full)
     assert head + list(other) == list(full)
+
+
+@pytest.mark.parametrize("saved, resumed, named", [
+    (lambda: fastload.RandomSampler(range(30)), lambda: fastload.RandomSampler(range(31)), "length=30"),
+    (lambda: fastload.RandomSampler(range(30)), lambda: fastload.RandomSampler(range(30), num_samples=20),
+     "num_samples=30"),
+    (lambda: fastload.DistributedSampler(range(30), num_replicas=2, rank=0),
+     lambda: fastload.DistributedSampler(range(30), num_replicas=3, rank=0), "num_replicas=2"),
+    (lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=4),
+     lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=5), "batch_size=4"),
+    (lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=4),
+     lambda: fastload.BucketBatchSampler([3, 2, 1] * 10, batch_size=4), "lengths_crc32="),
+])
+def test_a_sampler_state_is_refused_by_a_sampler_configured_otherwise(saved, resumed, named):
+    state = saved().state_dict()
+    with pytest.raises(ValueError, match=f"configured otherwise.*{named}"):
+        resumed().load_state_dict(state)
 
 
 def test_distributed_sampler_matches_torch_and_warns_once_without_set_epoch():

@@ -35,6 +35,8 @@ class StartEpoch:
 
     base_seed: int
     released: list[int] = field(default_factory=list)
+    #: items of the iterable dataset's stream to skip first (a resume: NOTE [ Resume ])
+    skip_items: int = 0
 
 
 @dataclass
@@ -79,4 +81,7 @@ class Error(Answer):
 
 @dataclass
 class EndOfData(Answer):
-    pass
+    """The iterable dataset's stream has no (complete) batch left for this task."""
+
+    #: items of the stream that failed under on_error="skip" before its end was found
+    failures: list[SampleFailure] = field(default_factory=list)

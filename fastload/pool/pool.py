@@ -24,8 +24,11 @@ With ``max_worker_restarts=n`` (map-style datasets), a worker that dies is repla
 to n times over the pool's life: the new process takes the dead one's place and worker
 id, is seeded as it was (and given the epoch's seed), and is sent again, in order, every
 task the dead one had not answered. Answers the dead worker did send were kept. So each
-task is answered exactly once, and with ``in_order`` the batches come out as if nothing
-had happened. The new process's slots are filed under a new *incarnation* number, so
+task is answered exactly once, and with ``in_order`` the batches come out in the order
+they would have without the death: the same indices. Their augmentations are the same
+only where the dataset's randomness is seeded per sample (``seed_per_sample=True``) or
+absent, since the new process starts from the dead one's seed, not from where its RNG
+state had got to. The new process's slots are filed under a new *incarnation* number, so
 slot ids it reuses can never be confused with the dead one's (whose batches the user may
 still hold: they stay valid).
 """
@@ -108,11 +111,13 @@ class WorkerPool:
     """
 
     def __init__(self, config: PoolConfig, context: multiprocessing.context.BaseContext, base_seed: int,
-                 max_restarts: int = 0) -> None:
+                 max_restarts: int = 0, skip_items: list[int] | None = None) -> None:
         self.config = config
         self.slots = SlotTable()
         self._context = context
         self._base_seed = base_seed
+        #: iterable datasets: items each worker skips at the start of its first epoch (a resume)
+        self._skip_items = skip_items
         self._epoch_seed: int | None = None  # set by start_epoch: what a restarted worker must use
         self.max_restarts = max_restarts
         #: workers replaced so far (see NOTE [ Worker restart ])
@@ -143,7 +148,8 @@ class WorkerPool:
     def _start_worker(self, worker_id: int) -> None:
         """Starts worker ``worker_id``'s process, in a new place or in a dead one's."""
         main_end, worker_end = self._context.Pipe(duplex=True)
-        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, self._die_with_parent)
+        skip = self._skip_items[worker_id] if self._skip_items else 0
+        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, self._die_with_parent, skip)
         process = self._context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
@@ -175,14 +181,16 @@ class WorkerPool:
         self._send(worker_id, messages.Task(task_id, indices, released))
         self.outstanding[worker_id][task_id] = indices
 
-    def start_epoch(self, base_seed: int, first_task_id: int) -> None:
-        """Begin a new epoch on a persistent pool; answers to older tasks will be dropped."""
+    def start_epoch(self, base_seed: int, first_task_id: int, skip_items: list[int] | None = None) -> None:
+        """Begin a new epoch on a persistent pool; answers to older tasks will be dropped.
+        ``skip_items``: per worker, items its iterable dataset's stream skips (a resume)."""
         self._current_floor = first_task_id
         self._epoch_seed = base_seed
         for worker_id in range(self.num_workers):
             if self._processes[worker_id].is_alive():
                 released = self.slots.take_released(self._incarnation[worker_id])
-                self._send(worker_id, messages.StartEpoch(base_seed, released))
+                skip = skip_items[worker_id] if skip_items else 0
+                self._send(worker_id, messages.StartEpoch(base_seed, released, skip))
 
     def _send(self, worker_id: int, message: Any) -> None:
         try:
@@ -245,7 +253,7 @@ class WorkerPool:
             return Received(message.task_id, worker_id, "skipped", None, message.failures)
         if isinstance(message, messages.Error):
             return Received(message.task_id, worker_id, "error", message.error)
-        return Received(message.task_id, worker_id, "end")
+        return Received(message.task_id, worker_id, "end", failures=message.failures)
 
     def _unpack(self, worker_id: int, message: messages.Batch) -> Any:
         incarnation = self._incarnation[worker_id]

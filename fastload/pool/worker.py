@@ -76,6 +76,8 @@ class WorkerConfig:
     worker_id: int
     base_seed: int
     die_with_parent: bool
+    #: items of the iterable dataset's stream to skip in the first epoch (a resume)
+    skip_items: int = 0
 
 
 def _set_parent_death_signal() -> None:
@@ -126,6 +128,7 @@ class _WorkerLoop:
             seed_per_sample=self.pool.seed_per_sample,
             restore_rng=False,
             on_error=self.pool.on_error,
+            stream=f"worker {config.worker_id}",
         )
         self.where = f"DataLoader worker {config.worker_id} (pid {os.getpid()})"
 
@@ -138,7 +141,7 @@ class _WorkerLoop:
         try:
             if pool.worker_init_fn is not None:
                 pool.worker_init_fn(config.worker_id)
-            self.fetcher.start_epoch(config.base_seed)
+            self.fetcher.start_epoch(config.base_seed, config.skip_items)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
@@ -161,7 +164,7 @@ class _WorkerLoop:
 
     def _start_epoch(self, message: messages.StartEpoch) -> None:
         try:
-            self.fetcher.start_epoch(message.base_seed)
+            self.fetcher.start_epoch(message.base_seed, message.skip_items)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while calling iter(dataset)")
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
@@ -173,7 +176,7 @@ class _WorkerLoop:
         try:
             samples = self.fetcher.fetch(task.indices)
         except EndOfData:
-            self._send(messages.EndOfData(task.task_id, self.slots.take_retired()))
+            self._send(messages.EndOfData(task.task_id, self.slots.take_retired(), self.fetcher.take_failures()))
             return
         except SkippedTask:
             self._send(messages.Skipped(task.task_id, self.slots.take_retired(), self.fetcher.take_failures()))

@@ -92,7 +92,8 @@ def run(fault: str, on_error: str, marker_dir: str, *, restarts: int = 0, sample
 
     Sequential order, so position p of the epoch expects index p: a value there is
     delivered once if it is p, a replacement if p failed, else a duplicate of another
-    index; an index neither delivered nor reported failed is lost.
+    index; an index neither delivered nor reported failed is lost (up to the last one
+    delivered when an error ended the epoch early).
     """
     shm_before, children_before, maps_before = dev_shm_entries(), child_pids(), fastload_memfds()
     started = time.monotonic()
@@ -127,7 +128,8 @@ def run(fault: str, on_error: str, marker_dir: str, *, restarts: int = 0, sample
                 replaced += 1
             else:
                 duplicated += 1
-    lost = 0 if error is not None else sum(1 for i in range(samples) if i not in seen and i not in failed)
+    delivered_up_to = max(seen, default=-1) + 1 if error is not None else samples
+    lost = sum(1 for i in range(delivered_up_to) if i not in seen and i not in failed)
     try:
         next_epoch = f"complete ({sum(1 for _ in loader)} batches)"
     except Exception as exc:  # noqa: BLE001
