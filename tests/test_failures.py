@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 
 import fastload
 
@@ -62,6 +64,34 @@ def test_worker_killed_reports_pid_signal_and_indices_within_2s(sig, no_leaks):
     assert str(error.pid) in str(error) and signal.Signals(sig).name in str(error) and "21" in str(error)
     assert not pid_alive(error.pid)
     assert isinstance(error, RuntimeError)
+
+
+class ClosesItsDescriptors(torch.utils.data.Dataset):
+    """The worker fetching index ``bad`` closes every descriptor it has (as a library that
+    daemonizes might) and carries on running."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.bad:
+            os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            time.sleep(60)
+        return torch.tensor([i])
+
+
+def test_a_running_worker_that_lost_its_connection_is_reported_and_stopped(no_leaks):
+    with pytest.raises(fastload.WorkerDiedError) as info:
+        list(fastload.DataLoader(ClosesItsDescriptors(bad=9), batch_size=4, num_workers=1))
+    error = info.value
+    assert error.exitcode is None and error.signal is None
+    assert f"(pid {error.pid}) lost its connection to the main process while still running (it was stopped)" \
+        in str(error)
+    assert 9 in error.indices
+    assert not pid_alive(error.pid)
 
 
 def test_timeout_raises_like_torch(no_leaks):

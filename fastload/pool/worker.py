@@ -218,7 +218,7 @@ class _WorkerLoop:
 
     def _send_error(self, task: messages.Task, exc: BaseException, index: Any) -> None:
         if index is None:
-            where = f"{self.where} while building the batch of task {task.task_id}"
+            where = f"{self.where} while building the batch of task {task.task_id} (sample indices {task.indices!r})"
         else:
             where = f"{self.where} while fetching sample index {index!r}"
         wrapper = ExceptionWrapper(exc_info=(type(exc), exc, exc.__traceback__), where=where)
