@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -47,6 +48,65 @@ def test_iteration_continues_after_a_dataset_exception(no_leaks):
     with pytest.raises(ValueError):
         next(it)
     assert next(it).flatten().tolist() == [8, 9, 10, 11]
+
+
+def _local_exception_class() -> type[Exception]:
+    class LocalError(Exception):
+        pass
+    return LocalError
+
+
+class RaisesUnpicklable(torch.utils.data.Dataset):
+    """Index ``bad`` raises an exception whose class is local: it cannot be pickled."""
+
+    error_class = _local_exception_class()
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.bad:
+            raise self.error_class(f"sample {i} is corrupt")
+        return torch.tensor([i])
+
+
+def test_an_exception_that_cannot_be_pickled_is_reraised_as_runtime_error_naming_it(no_leaks):
+    it = iter(fastload.DataLoader(RaisesUnpicklable(bad=5), batch_size=4, num_workers=2))
+    assert next(it).flatten().tolist() == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError) as info:
+        next(it)
+    text = str(info.value)
+    assert "while fetching sample index 5: an exception of class tests.test_failures._local_exception_class." \
+           "<locals>.LocalError, which cannot be pickled" in text
+    assert "Traceback" in text and "test_failures.py" in text and "LocalError: sample 5 is corrupt" in text
+    assert next(it).flatten().tolist() == [8, 9, 10, 11]  # the worker lives on, as after any sample error
+
+
+class HoldsALockAt(torch.utils.data.Dataset):
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        return threading.Lock() if i == self.bad else i
+
+
+def as_list(samples):
+    return list(samples)
+
+
+def test_a_batch_that_cannot_be_pickled_is_its_tasks_error_naming_the_indices(no_leaks):
+    it = iter(fastload.DataLoader(HoldsALockAt(bad=6), batch_size=4, num_workers=2, collate_fn=as_list))
+    assert next(it) == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match=r"while building the batch of task 1 \(sample indices \[4, 5, 6, 7\]\)"
+                                        r"(.|\n)*cannot pickle '_thread.lock' object"):
+        next(it)
+    assert next(it) == [8, 9, 10, 11]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])

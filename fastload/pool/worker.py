@@ -13,11 +13,18 @@ NOTE [ Worker lifecycle ]
 * Parent death: the worker polls its socket with a timeout and exits as soon as its
   parent is gone (``os.getppid()`` changed, as torch's watchdog checks); where the pool
   was created on the main thread, ``PR_SET_PDEATHSIG`` makes the kernel kill it at once.
+* Answers cannot kill the worker by failing to pickle. Their fields are built by fastload
+  from picklable values (task indices arrived pickled; failures are recorded as text; a
+  batch is pickled while it is packed, and a failure there is the task's error), except
+  the class of a reported exception: one that cannot be pickled (a local class, say)
+  reaches the main process as a ``RuntimeError`` naming it, with its message and the
+  worker's traceback.
 * Stop: on a ``stop`` message, on EOF of the socket, or on a failed send.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import pickle
@@ -225,4 +232,24 @@ class _WorkerLoop:
         self._send(messages.Error(task.task_id, self.slots.take_retired(), wrapper))
 
     def _send(self, message: Any) -> None:
-        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            if not isinstance(message, messages.Error):
+                raise
+            # See NOTE [ Worker lifecycle ]: only an exception's class can fail to pickle.
+            message = copy.copy(message)
+            message.error = _as_runtime_error(message.error, exc)
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.conn.send_bytes(data)
+
+
+def _as_runtime_error(wrapper: ExceptionWrapper, reason: Exception) -> ExceptionWrapper:
+    """``wrapper``, whose exception class cannot be pickled, as a ``RuntimeError`` that
+    says what was raised: the class's name, then (as always) its message and traceback."""
+    cls = wrapper.exc_type
+    picklable = copy.copy(wrapper)
+    picklable.exc_type = RuntimeError
+    picklable.where = (f"{wrapper.where}: an exception of class {cls.__module__}.{cls.__qualname__}, which cannot be "
+                       f"pickled to reach the main process ({reason}), so it is re-raised as RuntimeError")
+    return picklable
