@@ -212,6 +212,55 @@ def test_sigkill_of_main_process_leaves_no_worker_and_no_shm():
     assert dev_shm_entries() <= shm_before
 
 
+MADE_ON_A_THREAD_THEN_BUSY = """
+    import multiprocessing, os, threading, time
+    import fastload
+    from tests.datasets import Slow
+    class Busy(Slow):
+        def __getitem__(self, i):
+            print("busy", os.getpid(), flush=True)
+            return super().__getitem__(i)
+    made = {}
+    def make():
+        made["it"] = iter(fastload.DataLoader(Busy(delay=30, n=100), batch_size=1, num_workers=2))
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_busy_workers_die_with_a_main_process_that_made_them_on_a_thread_now_gone():
+    proc = _run_script(MADE_ON_A_THREAD_THEN_BUSY)
+    workers, busy = None, set()
+    while workers is None or not set(workers) <= busy:  # the script's line, and each worker's
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        if line.startswith("busy"):
+            busy.add(int(line.split()[1]))
+        else:
+            workers = [int(p) for p in line.split()]
+    assert len(workers) == 2
+    proc.kill()  # while both workers are in a 30 s __getitem__
+    proc.wait(timeout=5)
+    try:
+        assert wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=5)
+    finally:
+        for pid in workers:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pool_made_on_a_thread_that_then_exits_keeps_its_workers(no_leaks):
+    made = {}
+    thread = threading.Thread(target=lambda: made.update(it=iter(fastload.DataLoader(
+        FailsAt(bad=-1, n=32), batch_size=4, num_workers=2))))
+    thread.start()
+    thread.join()
+    assert [int(b[0]) for b in made["it"]] == [0, 4, 8, 12, 16, 20, 24, 28]
+
+
 def test_normal_run_leaves_nothing(no_leaks):
     loader = fastload.DataLoader(FailsAt(bad=-1, n=64), batch_size=8, num_workers=2)
     batches = list(loader)

@@ -139,7 +139,6 @@ class WorkerPool:
         self._accepting = [True] * config.num_workers
         # Registered first: it sees the lists fill up, so a failed start is cleaned up too.
         self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
-        self._die_with_parent = threading.current_thread() is threading.main_thread()
         try:
             for worker_id in range(config.num_workers):
                 self._start_worker(worker_id)
@@ -150,7 +149,10 @@ class WorkerPool:
     def _start_worker(self, worker_id: int) -> None:
         """Starts worker ``worker_id``'s process, in a new place or in a dead one's."""
         main_end, worker_end = self._context.Pipe(duplex=True)
-        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, self._die_with_parent)
+        # The kernel's parent-death signal fires when the thread that started the process
+        # exits: only the main thread lives as long as the process (NOTE [ Worker lifecycle ]).
+        die_with_parent = threading.current_thread() is threading.main_thread()
+        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, die_with_parent)
         process = self._context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
