@@ -11,16 +11,43 @@ one tensor is ours:
 * :func:`deferred_collate` returns :class:`StackPlan` leaves instead of stacked tensors:
   the worker first learns how many bytes the batch needs, then picks a slot and stacks
   every leaf straight into it. The batch is written once, in shared memory.
+
+NOTE [ Deferred collation ]
+
+Both read torch's registry, ``default_collate_fn_map``, at every call: users extend it in
+place, at any time, and torch's ``default_collate`` sees their entries at once. Only the
+entry for ``torch.Tensor`` is replaced by fastload's, and only while it is torch's own
+(a user's function for tensors wins, as it does in torch).
+
+A :class:`StackPlan` is a placeholder: no user code may ever see one. So
+:func:`deferred_collate` defers stacks only inside containers whose construction and
+pickling run no user code: exact ``dict``, ``list`` and ``tuple``, and namedtuples that
+use the methods ``collections.namedtuple`` generated (the main process rebuilds those
+from the pickle with the real tensors). Anything else, including every function a user
+registered, is collated by torch's ``collate`` with real tensors (their leaves are then
+copied into the slot: one more copy, for those batches only). Where torch's ``collate``
+constructs containers itself, the results and the errors are torch's.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data._utils.collate import collate, default_collate_fn_map, default_convert
+from torch.utils.data._utils.collate import (
+    collate,
+    collate_float_fn,
+    collate_int_fn,
+    collate_numpy_array_fn,
+    collate_numpy_scalar_fn,
+    collate_str_fn,
+    collate_tensor_fn,
+    default_collate_fn_map,
+    default_convert,
+)
 
 __all__ = [
     "Deferred",
@@ -98,12 +125,24 @@ def _keep_list(batch: Sequence[Deferred], *, collate_fn_map: dict | None = None)
     return list(batch)
 
 
-_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {
-    **default_collate_fn_map, torch.Tensor: _stack, Deferred: _keep_list,
-}
-_DEFERRED_COLLATE_MAP: dict[type | tuple[type, ...], Callable] = {
-    **default_collate_fn_map, torch.Tensor: _plan_stack, Deferred: _keep_list,
-}
+CollateMap = dict[type | tuple[type, ...], Callable]
+
+
+def _collate_map(tensor_fn: Callable) -> CollateMap:
+    """torch's registry as it is now, with ``tensor_fn`` in place of torch's own function
+    for tensors (not of a user's) and :class:`Deferred` leaves kept as lists."""
+    collate_map = dict(default_collate_fn_map)
+    if collate_map.get(torch.Tensor) is collate_tensor_fn:
+        collate_map[torch.Tensor] = tensor_fn
+    collate_map.setdefault(Deferred, _keep_list)
+    return collate_map
+
+
+#: Registry functions that run no user code and return no container: they may be given
+#: the deferring map (NOTE [ Deferred collation ]). By identity: a user's callable may
+#: be unhashable, or define ``==``.
+_LEAF_FNS = frozenset(map(id, (_plan_stack, _keep_list, collate_numpy_array_fn, collate_numpy_scalar_fn,
+                               collate_float_fn, collate_int_fn, collate_str_fn)))
 
 
 def default_collate(batch: Sequence[Any]) -> Any:
@@ -115,12 +154,58 @@ def default_collate(batch: Sequence[Any]) -> Any:
     as in torch); :class:`Deferred` leaves stay a list. Raises ``TypeError`` for unsupported element types and
     ``RuntimeError`` for ragged sequences or tensors of different shapes.
     """
-    return collate(batch, collate_fn_map=_COLLATE_MAP)
+    return collate(batch, collate_fn_map=_collate_map(_stack))
 
 
 def deferred_collate(batch: Sequence[Any]) -> Any:
-    """``default_collate`` whose stackable tensor leaves are :class:`StackPlan` objects."""
-    return collate(batch, collate_fn_map=_DEFERRED_COLLATE_MAP)
+    """``default_collate`` whose stackable tensor leaves are :class:`StackPlan` objects,
+    where no user code can see them (NOTE [ Deferred collation ])."""
+    return _collate_deferred(batch, _collate_map(_plan_stack))
+
+
+def _collate_deferred(batch: Sequence[Any], deferring: CollateMap) -> Any:
+    # The order of torch's ``collate``: the registry (exact type, then the first key
+    # ``elem`` is an instance of), then containers.
+    elem = batch[0]
+    elem_type = type(elem)
+    fn = deferring.get(elem_type)
+    if fn is None:
+        for key, key_fn in deferring.items():
+            if isinstance(elem, key):
+                fn = key_fn
+                break
+    if fn is not None:
+        if id(fn) in _LEAF_FNS:
+            return fn(batch, collate_fn_map=deferring)
+        return fn(batch, collate_fn_map=_collate_map(_stack))
+    if elem_type is dict:
+        return {key: _collate_deferred([d[key] for d in batch], deferring) for key in elem}
+    if elem_type is tuple or elem_type is list:
+        size = len(elem)
+        if not all(len(e) == size for e in batch):
+            raise RuntimeError("each element in list of batch should be of equal size")  # torch's words
+        return [_collate_deferred(samples, deferring) for samples in zip(*batch)]
+    plain = _PLAIN_NAMEDTUPLE.get(elem_type)
+    if plain is None:
+        plain = _PLAIN_NAMEDTUPLE[elem_type] = _is_plain_namedtuple(elem_type)
+    if plain:
+        return elem_type(*(_collate_deferred(samples, deferring) for samples in zip(*batch)))
+    return collate(batch, collate_fn_map=_collate_map(_stack))
+
+
+#: type -> whether it is a plain namedtuple (the test takes microseconds; a batch has many)
+_PLAIN_NAMEDTUPLE: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+_NAMEDTUPLE_METHODS = ("__new__", "__init__", "__getnewargs__", "__reduce__", "__reduce_ex__", "__getstate__")
+
+
+def _is_plain_namedtuple(cls: type) -> bool:
+    """Whether ``cls`` is a namedtuple (or a subclass) that constructs and pickles itself
+    with the methods ``collections.namedtuple`` generated: no user code."""
+    base = next((k for k in cls.__mro__ if "_fields" in vars(k)), None)
+    if base is None or base.__bases__ != (tuple,):
+        return False
+    generated_new = getattr(base.__new__, "__globals__", {}).get("_tuple_new") is tuple.__new__
+    return generated_new and all(getattr(cls, name) is getattr(base, name) for name in _NAMEDTUPLE_METHODS)
 
 
 def is_default_collate(fn: Callable | None) -> bool:

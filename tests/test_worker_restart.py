@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 
 import pytest
 import torch
@@ -102,3 +103,22 @@ def test_restarts_need_a_map_style_dataset():
         fastload.DataLoader(Stream(), num_workers=2, max_worker_restarts=3)
     with pytest.raises(ValueError, match="max_worker_restarts should be >= 0"):
         fastload.DataLoader(Indices(10), max_worker_restarts=-1)
+
+
+def test_a_worker_restarted_on_a_thread_that_then_exits_lives_on(no_leaks, caplog):
+    it = iter(fastload.DataLoader(Indices(200), batch_size=4, num_workers=2, max_worker_restarts=1))
+    delivered = next(it).tolist()
+
+    def kill_and_go_on_until_restarted() -> None:
+        nonlocal delivered
+        kill_a_worker(random.Random(0))
+        while not any("restarted it as pid" in r.getMessage() for r in caplog.records):
+            delivered += next(it).tolist()
+
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        thread = threading.Thread(target=kill_and_go_on_until_restarted)
+        thread.start()
+        thread.join()
+        delivered += [i for batch in it for i in batch.tolist()]  # on the main thread, with the new worker
+    assert delivered == list(range(200))
+    assert sum("restarted it as pid" in r.getMessage() for r in caplog.records) == 1

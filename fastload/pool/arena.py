@@ -10,18 +10,24 @@ bytes a batch needs) and are numbered per worker.
    tensor leaf of the batch into it, and sends the main process a small message: the slot
    id, the layout of the leaves and the pickled non-tensor rest. The first time a slot
    is used, its file descriptor follows the message over the same Unix socket
-   (SCM_RIGHTS); the main process maps it once and closes the descriptor.
+   (SCM_RIGHTS); the main process maps it once and closes the descriptor, and the worker
+   closes its own once it is sent. Mappings are made with ``map_shared``, which keeps no
+   descriptor (Python's ``mmap.mmap`` keeps a duplicate for the mapping's life): a slot
+   holds a descriptor only between its creation and its first message, so kept batches
+   cost memory, never descriptors.
 2. The main process wraps the used part of the slot as one numpy array, the *lease*, and
    builds every tensor of the batch as a view of it. ``weakref.finalize`` on the lease
    fires when the last tensor (or view, or numpy alias) of the batch dies, whatever
-   thread drops it, and queues ``(worker_id, slot_id)`` as released.
+   thread drops it, and queues ``(incarnation, slot_id)`` as released: the key of the
+   worker *process* that made the slot (NOTE [ Worker restart ] in ``pool.py``).
 3. Released slot ids ride on the next task sent to that worker. Only then does the
    worker put the slot back on its free list. So a slot is never rewritten while the
    user holds any part of the batch that lives in it: keeping every batch of an epoch
    works, it only costs memory (the worker then creates more slots).
 4. A worker *retires* slots it no longer wants (too small for the batches it now builds,
    or more free slots than it can use) and says so in its next message; both sides drop
-   their mapping. Memory of a retired slot is returned once the last lease dies.
+   their mapping. A mapping is unmapped when the last object referring to it dies, so
+   the memory of a retired slot is returned once the last lease dies.
 
 Because slots are memfds and never have a name, nothing appears in /dev/shm and nothing
 can be leaked by a crash, even SIGKILL of the main process: the kernel frees a slot
@@ -31,8 +37,11 @@ when the last process mapping it exits.
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
 import mmap
 import os
+import resource
 import tempfile
 import warnings
 import weakref
@@ -60,17 +69,62 @@ SLOT_BACKING_ENV = "FASTLOAD_SLOT_BACKING"
 
 
 def anonymous_file(name: str, capacity: int) -> int:
-    """A descriptor of a nameless shared-memory file for a slot of ``capacity`` bytes."""
-    if os.environ.get(SLOT_BACKING_ENV, "memfd") != "file" and hasattr(os, "memfd_create"):
-        try:
-            return os.memfd_create(name, os.MFD_CLOEXEC)
-        except OSError:
-            pass
-    directory = "/dev/shm" if _room_in("/dev/shm", capacity) else tempfile.gettempdir()
-    fd, path = tempfile.mkstemp(prefix=name + "-", dir=directory)
+    """A descriptor of a nameless shared-memory file for a slot of ``capacity`` bytes.
+
+    Raises ``RuntimeError`` (see :func:`too_many_open_files`) when the process has no
+    descriptor left."""
+    try:
+        if os.environ.get(SLOT_BACKING_ENV, "memfd") != "file" and hasattr(os, "memfd_create"):
+            try:
+                return os.memfd_create(name, os.MFD_CLOEXEC)
+            except OSError as exc:
+                if exc.errno == errno.EMFILE:
+                    raise
+        directory = "/dev/shm" if _room_in("/dev/shm", capacity) else tempfile.gettempdir()
+        fd, path = tempfile.mkstemp(prefix=name + "-", dir=directory)
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:
+            raise too_many_open_files("A DataLoader worker cannot create the shared memory for a batch.") from exc
+        raise
     os.unlink(path)  # from here on it exists only as long as a descriptor or mapping does
     _report_backing(directory)
     return fd
+
+
+def too_many_open_files(consequence: str) -> RuntimeError:
+    """The error for a process that reached its limit of open descriptors (``EMFILE``):
+    torch's advice, then what holds descriptors when fastload is the loader."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return RuntimeError(
+        f"Too many open files. {consequence} Please increase the limit using `ulimit -n` in the shell (or "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ...) in Python; it is {soft} here, at most {hard}). fastload "
+        "holds no descriptor per batch or per slot, only a few per worker (its socket and process handles), so "
+        "the descriptors in use are the program's own: files or sockets opened and never closed (by the dataset, "
+        "or by the code around the loader), or the workers of many DataLoaders alive at once."
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_shared(fd: int, capacity: int) -> ctypes.Array:
+    """A writable buffer over the first ``capacity`` bytes of the file ``fd``, shared with
+    every process that maps the file. It keeps no descriptor (``fd`` may be closed at
+    once) and is unmapped when the buffer object dies: numpy arrays and tensors made
+    from it (``np.frombuffer``, ``torch.frombuffer``) keep it alive."""
+    address = _libc.mmap(None, capacity, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if address == _MAP_FAILED:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot map a slot of {capacity} bytes: {os.strerror(code)}")
+    buffer = (ctypes.c_ubyte * capacity).from_address(address)
+    # Not at exit: objects still referring to the memory may be used until the very end;
+    # the process's exit unmaps everything anyway.
+    weakref.finalize(buffer, _libc.munmap, address, capacity).atexit = False
+    return buffer
 
 
 def _room_in(directory: str, nbytes: int) -> bool:
@@ -95,7 +149,7 @@ def _report_backing(directory: str) -> None:
 @dataclass
 class _Slot:
     capacity: int
-    buffer: mmap.mmap
+    buffer: ctypes.Array
     fd: int | None  # open until the main process has received it
 
 
@@ -104,7 +158,7 @@ class AcquiredSlot:
     """What a worker gets to write a batch into."""
 
     slot_id: int
-    buffer: mmap.mmap
+    buffer: ctypes.Array
     capacity: int
     #: the descriptor to send with this message (first use of the slot), else None
     new_fd: int | None
@@ -133,7 +187,8 @@ class WorkerSlots:
             slot_id = min(fitting, key=lambda s: self._slots[s].capacity)
             self._free.discard(slot_id)
             slot = self._slots[slot_id]
-            return AcquiredSlot(slot_id, slot.buffer, slot.capacity, None)
+            # A slot whose first batch never left the worker has not been sent yet either.
+            return AcquiredSlot(slot_id, slot.buffer, slot.capacity, slot.fd)
         # Free slots too small for this batch would likely stay too small: retire them
         # instead of growing the arena beside them.
         for slot_id in list(self._free):
@@ -142,7 +197,7 @@ class WorkerSlots:
         fd = anonymous_file(f"fastload-slot-{os.getpid()}-{self._next_id}", capacity)
         try:
             os.ftruncate(fd, capacity)
-            buffer = mmap.mmap(fd, capacity)
+            buffer = map_shared(fd, capacity)
         except BaseException:
             os.close(fd)
             raise
@@ -180,54 +235,54 @@ class WorkerSlots:
         slot = self._slots.pop(slot_id)
         if slot.fd is not None:
             os.close(slot.fd)
-        slot.buffer.close()
-        self._retired.append(slot_id)
+        self._retired.append(slot_id)  # its memory is unmapped with the last view of it
 
 
 class SlotTable:
-    """The main process's side: maps of every worker's slots, and leases on them.
+    """The main process's side: maps of every worker's slots, and leases on them, keyed by
+    the *incarnation* of the worker process that made the slot (NOTE [ Worker restart ]).
 
     Thread-safety: ``lease`` / ``map`` / ``retire`` / ``take_released`` run on the
     iterating thread; lease finalizers may run on any thread and only append to a deque.
     """
 
     def __init__(self) -> None:
-        self._maps: dict[tuple[int, int], mmap.mmap] = {}
+        self._maps: dict[tuple[int, int], ctypes.Array] = {}
         self._released: collections.deque[tuple[int, int]] = collections.deque()
         self._pending: dict[int, list[int]] = {}
         self._gone: set[int] = set()
 
-    def map(self, worker_id: int, slot_id: int, fd: int, capacity: int) -> None:
+    def map(self, incarnation: int, slot_id: int, fd: int, capacity: int) -> None:
         try:
-            self._maps[(worker_id, slot_id)] = mmap.mmap(fd, capacity)
+            self._maps[(incarnation, slot_id)] = map_shared(fd, capacity)
         finally:
             os.close(fd)
 
-    def retire(self, worker_id: int, slot_ids: list[int]) -> None:
-        # Leases still alive keep their mmap object (and so the memory) alive.
+    def retire(self, incarnation: int, slot_ids: list[int]) -> None:
+        # Leases still alive keep their mapping (and so the memory) alive.
         for slot_id in slot_ids:
-            self._maps.pop((worker_id, slot_id), None)
+            self._maps.pop((incarnation, slot_id), None)
 
-    def lease(self, worker_id: int, slot_id: int, nbytes: int) -> np.ndarray:
+    def lease(self, incarnation: int, slot_id: int, nbytes: int) -> np.ndarray:
         """A uint8 view of the first ``nbytes`` of a slot whose death releases the slot."""
-        lease = np.frombuffer(self._maps[(worker_id, slot_id)], dtype=np.uint8, count=nbytes)
-        weakref.finalize(lease, self._released.append, (worker_id, slot_id))
+        lease = np.frombuffer(self._maps[(incarnation, slot_id)], dtype=np.uint8, count=nbytes)
+        weakref.finalize(lease, self._released.append, (incarnation, slot_id))
         return lease
 
-    def take_released(self, worker_id: int) -> list[int]:
-        """Slots of ``worker_id`` released since the last call for that worker."""
+    def take_released(self, incarnation: int) -> list[int]:
+        """Slots of ``incarnation`` released since the last call for it."""
         while self._released:
             other, slot_id = self._released.popleft()
             if other not in self._gone:
                 self._pending.setdefault(other, []).append(slot_id)
-        return self._pending.pop(worker_id, [])
+        return self._pending.pop(incarnation, [])
 
-    def forget(self, worker_id: int) -> None:
-        """``worker_id`` is gone (its process died): drop its maps and pending releases.
-        Its batches the user still holds keep their memory; their releases are ignored.
-        A restarted worker gets a new id here (see ``WorkerPool``), so its slot ids can
+    def forget(self, incarnation: int) -> None:
+        """The process ``incarnation`` is gone: drop its maps and pending releases. Its
+        batches the user still holds keep their memory; their releases are ignored. A
+        restarted worker is a new incarnation (see ``WorkerPool``), so its slot ids can
         never be taken for the dead one's."""
-        self._gone.add(worker_id)
-        for key in [k for k in self._maps if k[0] == worker_id]:
+        self._gone.add(incarnation)
+        for key in [k for k in self._maps if k[0] == incarnation]:
             del self._maps[key]
-        self._pending.pop(worker_id, None)
+        self._pending.pop(incarnation, None)

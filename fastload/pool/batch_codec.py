@@ -87,8 +87,8 @@ def pack_batch(batch: Any, slots: WorkerSlots) -> PackedBatch:
 
 
 def _write_leaves(buffer: Any, layout: list[LayoutEntry], leaves: list[Any]) -> None:
-    # Views of the slot must not outlive this call: a slot with live views cannot be
-    # unmapped when it is retired.
+    # Views of the slot must not outlive this call: they would keep the slot mapped
+    # after it is retired.
     whole = torch.frombuffer(buffer, dtype=torch.uint8)
     for (offset, nbytes, dtype, shape, kind), leaf in zip(layout, leaves):
         if nbytes == 0:

@@ -35,6 +35,8 @@ still hold: they stay valid).
 
 from __future__ import annotations
 
+import array
+import errno
 import logging
 import multiprocessing
 import os
@@ -52,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from . import messages
-from .arena import SlotTable
+from .arena import SlotTable, too_many_open_files
 from .batch_codec import unpack_batch
 from ..telemetry import BatchRecord
 from .worker import PoolConfig, WorkerConfig, worker_main
@@ -65,19 +67,24 @@ logger = logging.getLogger("fastload")
 
 
 class WorkerDiedError(RuntimeError):
-    """A worker process exited while the main process waited for its batches.
+    """A worker process exited, or could no longer be reached, while the main process
+    waited for its batches.
 
-    Attributes: ``worker_id``, ``pid``, ``exitcode``, ``signal`` (``None`` if it was not
-    killed by a signal) and ``indices``: the sample indices of the tasks it held.
+    Attributes: ``worker_id``, ``pid``, ``exitcode`` (``None`` if the process was still
+    running when its connection to the main process broke: it is then stopped),
+    ``signal`` (``None`` if it was not killed by a signal) and ``indices``: the sample
+    indices of the tasks it held.
     """
 
-    def __init__(self, worker_id: int, pid: int, exitcode: int, indices: list[Any], restarts: str = "") -> None:
+    def __init__(self, worker_id: int, pid: int, exitcode: int | None, indices: list[Any], restarts: str = "") -> None:
         self.worker_id = worker_id
         self.pid = pid
         self.exitcode = exitcode
-        self.signal = -exitcode if exitcode < 0 else None
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
         self.indices = indices
-        if self.signal is not None:
+        if exitcode is None:
+            how = "lost its connection to the main process while still running (it was stopped)"
+        elif self.signal is not None:
             how = f"was killed by signal {self.signal} ({signal.Signals(self.signal).name})"
         else:
             how = f"exited unexpectedly with exit code {exitcode}"
@@ -137,7 +144,6 @@ class WorkerPool:
         self._accepting = [True] * config.num_workers
         # Registered first: it sees the lists fill up, so a failed start is cleaned up too.
         self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
-        self._die_with_parent = threading.current_thread() is threading.main_thread()
         try:
             for worker_id in range(config.num_workers):
                 self._start_worker(worker_id)
@@ -148,8 +154,11 @@ class WorkerPool:
     def _start_worker(self, worker_id: int) -> None:
         """Starts worker ``worker_id``'s process, in a new place or in a dead one's."""
         main_end, worker_end = self._context.Pipe(duplex=True)
+        # The kernel's parent-death signal fires when the thread that started the process
+        # exits: only the main thread lives as long as the process (NOTE [ Worker lifecycle ]).
+        die_with_parent = threading.current_thread() is threading.main_thread()
         skip = self._skip_items[worker_id] if self._skip_items else 0
-        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, self._die_with_parent, skip)
+        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, die_with_parent, skip)
         process = self._context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
@@ -259,10 +268,10 @@ class WorkerPool:
         incarnation = self._incarnation[worker_id]
         if message.new_slot_capacity is not None:
             try:
-                fds = reduction.recvfds(self._socks[worker_id], 1)
-            except (EOFError, OSError, RuntimeError) as exc:  # RuntimeError: no descriptor came
+                fd = _receive_fd(self._socks[worker_id])
+            except (EOFError, OSError) as exc:
                 raise _DiedMidMessage from exc
-            self.slots.map(incarnation, message.slot_id, fds[0], message.new_slot_capacity)
+            self.slots.map(incarnation, message.slot_id, fd, message.new_slot_capacity)
         lease: np.ndarray | None = None
         if message.slot_id is not None:
             lease = self.slots.lease(incarnation, message.slot_id, message.nbytes)
@@ -271,13 +280,16 @@ class WorkerPool:
     def _worker_died(self, worker_id: int) -> None:
         """Restarts the worker (NOTE [ Worker restart ]) or raises ``WorkerDiedError``."""
         process = self._processes[worker_id]
-        process.join(STOP_GRACE)
+        exitcode = _wait_for_exit(process, STOP_GRACE)
+        if exitcode is None:  # running, but its connection broke: of no use, and must not linger
+            process.kill()
+            process.join()
         indices = [i for task in self.outstanding[worker_id].values() for i in _as_list(task)]
         if self.restarts >= self.max_restarts or self.config.iterable:
             used = f" (after {self.restarts} worker restarts, max_worker_restarts={self.max_restarts})" \
                 if self.max_restarts else ""
-            raise WorkerDiedError(worker_id, process.pid, process.exitcode, indices, used)
-        died = WorkerDiedError(worker_id, process.pid, process.exitcode, indices)
+            raise WorkerDiedError(worker_id, process.pid, exitcode, indices, used)
+        died = WorkerDiedError(worker_id, process.pid, exitcode, indices)
         self._conns[worker_id].close()
         self._socks[worker_id].close()
         self.slots.forget(self._incarnation[worker_id])
@@ -325,6 +337,50 @@ class _DiedMidMessage(Exception):
     """The worker died between a batch message and the slot descriptor that follows it."""
 
 
+def _receive_fd(sock: socket.socket) -> int:
+    """The slot descriptor that follows a batch message (sent by ``reduction.sendfds``).
+
+    Raises ``EOFError`` if none came (the worker is gone), and at this process's limit of
+    open descriptors, where the kernel drops the descriptor and says so with
+    ``MSG_CTRUNC``, ``RuntimeError`` with torch's advice."""
+    fds = array.array("i")
+    try:
+        data, ancdata, flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:
+            raise too_many_open_files(_NO_COMMUNICATION) from exc
+        raise
+    if reduction.ACKNOWLEDGE and (data or ancdata):
+        sock.send(b"A")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise too_many_open_files(_NO_COMMUNICATION)
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError(f"expected one slot descriptor, received {len(fds)}")
+    return fds[0]
+
+
+_NO_COMMUNICATION = "Communication with the workers is no longer possible."
+
+
+def _wait_for_exit(process: multiprocessing.process.BaseProcess, timeout: float) -> int | None:
+    """``process.join(timeout)``, then its exit code (None: still running). ``join`` must
+    not be used with a timeout: it trusts the process's sentinel pipe and then blocks
+    until the exit, but a process can close that pipe long before (a library closing
+    every descriptor it has)."""
+    deadline = time.monotonic() + timeout
+    wait([process.sentinel], timeout)
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # the sentinel closed before the process ended (or it is ending now)
+    return process.exitcode
+
+
 def _as_list(indices: Any) -> list[Any]:
     return list(indices) if isinstance(indices, (list, tuple)) else [indices]
 
@@ -343,11 +399,11 @@ def _shutdown_processes(
     deadline = time.monotonic() + grace
     for process in processes:
         if process.pid is not None:
-            process.join(max(0.0, deadline - time.monotonic()))
+            _wait_for_exit(process, max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.pid is not None and process.is_alive():
             process.terminate()
-            process.join(STOP_GRACE)  # SIGTERM's default action ends it; SIGKILL if handled
+            _wait_for_exit(process, STOP_GRACE)  # SIGTERM's default action ends it; SIGKILL if handled
             if process.is_alive():
                 process.kill()
                 process.join()

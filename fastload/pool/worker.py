@@ -10,19 +10,38 @@ NOTE [ Worker lifecycle ]
 * Loop: wait for a message from the main process (see ``messages.py``) and answer every
   task with exactly one message: a batch, an error, or end-of-data. Errors in the dataset
   or collate function are reported and the worker carries on, like torch's.
-* Parent death: the worker polls its socket with a timeout and exits as soon as its
-  parent is gone (``os.getppid()`` changed, as torch's watchdog checks); where the pool
-  was created on the main thread, ``PR_SET_PDEATHSIG`` makes the kernel kill it at once.
+* Parent death: a worker never outlives its parent, even while it is busy in a long
+  ``__getitem__``. Where the worker was started from the main thread, ``PR_SET_PDEATHSIG``
+  makes the kernel kill it as soon as the parent dies. That signal fires when the *thread*
+  that started the process exits, not the process, so it cannot be used for workers
+  started from another thread (a pool made on a short-lived thread would lose them).
+  There, and where ``prctl`` is missing, a daemon thread of the worker checks every
+  ``PARENT_CHECK_INTERVAL`` seconds that its parent is still the one it started with
+  (``os.getppid()``, as torch's watchdog checks) and ends the process (``os._exit``) when
+  it is not. A thread rather than a check between tasks, so that a long ``__getitem__``
+  does not delay it. The thread only sleeps and reads the parent's pid: it holds no lock
+  that a ``fork()`` in the dataset could copy locked (Python 3.12+ still warns about any
+  ``fork()`` in a process with threads), needs the GIL for a moment per check (code that
+  holds the GIL for seconds delays the check as long), and shows to the dataset only in
+  ``threading.enumerate()`` and ``threading.active_count()``, as ``fastload-parent-watch``.
+* Answers cannot kill the worker by failing to pickle. Their fields are built by fastload
+  from picklable values (task indices arrived pickled; failures are recorded as text; a
+  batch is pickled while it is packed, and a failure there is the task's error), except
+  the class of a reported exception: one that cannot be pickled (a local class, say)
+  reaches the main process as a ``RuntimeError`` naming it, with its message and the
+  worker's traceback.
 * Stop: on a ``stop`` message, on EOF of the socket, or on a failed send.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing import reduction
@@ -41,8 +60,8 @@ from . import messages
 from .arena import WorkerSlots
 from .batch_codec import pack_batch
 
-#: How often an idle worker checks that its parent is alive (seconds).
-PARENT_CHECK_INTERVAL = 0.25
+#: How often a worker without the parent-death signal checks that its parent is alive (seconds).
+PARENT_CHECK_INTERVAL = 0.1
 _PR_SET_PDEATHSIG = 1
 
 
@@ -80,12 +99,20 @@ class WorkerConfig:
     skip_items: int = 0
 
 
-def _set_parent_death_signal() -> None:
+def _set_parent_death_signal() -> bool:
+    """Whether the kernel will now kill this process when its parent('s thread) dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the polling check still applies
-        pass
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Ends this process as soon as its parent is gone (NOTE [ Worker lifecycle ])."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_INTERVAL)
+    os._exit(1)
 
 
 def _seed_like_torch(base_seed: int, worker_id: int) -> int:
@@ -98,14 +125,17 @@ def _seed_like_torch(base_seed: int, worker_id: int) -> int:
 def worker_main(config: WorkerConfig, conn: Connection) -> None:
     """Entry point of a worker process (module level, so spawn can import it)."""
     parent_pid = os.getppid()
-    if config.die_with_parent:
-        _set_parent_death_signal()
+    if config.die_with_parent and _set_parent_death_signal():
+        if os.getppid() != parent_pid:  # it died before the signal was armed
+            os._exit(1)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="fastload-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     # SCM_RIGHTS needs a socket object; it shares the connection's descriptor.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     try:
-        _WorkerLoop(config, conn, sock, parent_pid).run()
+        _WorkerLoop(config, conn, sock).run()
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the main process went away: nothing to report to
     finally:
@@ -113,12 +143,11 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
 
 
 class _WorkerLoop:
-    def __init__(self, config: WorkerConfig, conn: Connection, sock: socket.socket, parent_pid: int) -> None:
+    def __init__(self, config: WorkerConfig, conn: Connection, sock: socket.socket) -> None:
         self.config = config
         self.pool = config.pool
         self.conn = conn
         self.sock = sock
-        self.parent_pid = parent_pid
         self.slots = WorkerSlots(self.pool.min_slot_bytes, self.pool.max_free_slots)
         self.fetcher = SampleFetcher(
             self.pool.dataset,
@@ -148,7 +177,7 @@ class _WorkerLoop:
             return
         while True:
             message = self._receive()
-            if message is None or isinstance(message, messages.Stop):
+            if isinstance(message, messages.Stop):
                 return
             self.slots.release(message.released)
             if isinstance(message, messages.StartEpoch):
@@ -157,9 +186,6 @@ class _WorkerLoop:
                 self._run_task(message)
 
     def _receive(self) -> Any:
-        while not self.conn.poll(PARENT_CHECK_INTERVAL):
-            if os.getppid() != self.parent_pid:
-                return None
         return pickle.loads(self.conn.recv_bytes())
 
     def _start_epoch(self, message: messages.StartEpoch) -> None:
@@ -221,11 +247,31 @@ class _WorkerLoop:
 
     def _send_error(self, task: messages.Task, exc: BaseException, index: Any) -> None:
         if index is None:
-            where = f"{self.where} while building the batch of task {task.task_id}"
+            where = f"{self.where} while building the batch of task {task.task_id} (sample indices {task.indices!r})"
         else:
             where = f"{self.where} while fetching sample index {index!r}"
         wrapper = ExceptionWrapper(exc_info=(type(exc), exc, exc.__traceback__), where=where)
         self._send(messages.Error(task.task_id, self.slots.take_retired(), wrapper))
 
     def _send(self, message: Any) -> None:
-        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            if not isinstance(message, messages.Error):
+                raise
+            # See NOTE [ Worker lifecycle ]: only an exception's class can fail to pickle.
+            message = copy.copy(message)
+            message.error = _as_runtime_error(message.error, exc)
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.conn.send_bytes(data)
+
+
+def _as_runtime_error(wrapper: ExceptionWrapper, reason: Exception) -> ExceptionWrapper:
+    """``wrapper``, whose exception class cannot be pickled, as a ``RuntimeError`` that
+    says what was raised: the class's name, then (as always) its message and traceback."""
+    cls = wrapper.exc_type
+    picklable = copy.copy(wrapper)
+    picklable.exc_type = RuntimeError
+    picklable.where = (f"{wrapper.where}: an exception of class {cls.__module__}.{cls.__qualname__}, which cannot be "
+                       f"pickled to reach the main process ({reason}), so it is re-raised as RuntimeError")
+    return picklable
