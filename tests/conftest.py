@@ -10,6 +10,31 @@ def dev_shm_entries() -> set[str]:
     return set(os.listdir("/dev/shm"))
 
 
+def _in_this_process_tree(pid: int) -> bool:
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return True  # gone: it may have been one of ours
+    return False
+
+
+def leaked_dev_shm(before: set[str], settle: float = 2.0) -> set[str]:
+    """/dev/shm entries made since ``before`` that stay there and that this process tree
+    may have made. /dev/shm is the machine's: other programs' entries come and go (torch's
+    workers create theirs and unlink them at once), and one named after a live process
+    outside this tree (``torch_<pid>_...``) is not ours."""
+    def ours() -> set[str]:
+        new = dev_shm_entries() - before
+        return {name for name in new if not (name.startswith("torch_") and name.split("_")[1].isdigit()
+                                             and not _in_this_process_tree(int(name.split("_")[1])))}
+    wait_until(lambda: not ours(), settle)
+    return ours()
+
+
 # multiprocessing's own helpers, started once per interpreter by spawn/forkserver and kept
 # for its lifetime by design: not workers.
 _MP_HELPERS = (b"resource_tracker", b"forkserver")
@@ -69,4 +94,5 @@ def no_leaks():
     yield
     gc.collect()
     assert wait_until(lambda: child_pids() <= children_before), f"leftover processes: {child_pids() - children_before}"
-    assert dev_shm_entries() <= shm_before, f"leftover /dev/shm entries: {dev_shm_entries() - shm_before}"
+    leaked = leaked_dev_shm(shm_before)
+    assert not leaked, f"leftover /dev/shm entries: {leaked}"

@@ -17,7 +17,7 @@ import torch
 
 import fastload
 
-from .conftest import dev_shm_entries, pid_alive, wait_until
+from .conftest import dev_shm_entries, leaked_dev_shm, pid_alive, wait_until
 from .datasets import FailsAt, KillsItself, Slow, failing_worker_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,7 +206,7 @@ def test_sigint_during_iteration_exits_cleanly():
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
     assert "Traceback" in stderr and stderr.count("Traceback") == 1, stderr  # no worker tracebacks
     assert wait_until(lambda: not any(pid_alive(p) for p in workers))
-    assert dev_shm_entries() <= shm_before
+    assert not leaked_dev_shm(shm_before)
 
 
 def test_sigkill_of_main_process_leaves_no_worker_and_no_shm():
@@ -215,7 +215,7 @@ def test_sigkill_of_main_process_leaves_no_worker_and_no_shm():
     proc.kill()
     proc.wait(timeout=5)
     assert wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=5)
-    assert dev_shm_entries() <= shm_before
+    assert not leaked_dev_shm(shm_before)
 
 
 MADE_ON_A_THREAD_THEN_BUSY = """

@@ -26,7 +26,7 @@ import torch
 
 import fastload
 
-from ..conftest import child_pids, dev_shm_entries, wait_until
+from ..conftest import child_pids, dev_shm_entries, leaked_dev_shm, wait_until
 
 FAULTS = ("raise", "malformed", "kill", "sleep")
 TIMEOUT = 2.0  # the loader's timeout in the sleep scenario (seconds)
@@ -143,6 +143,6 @@ def run(fault: str, on_error: str, marker_dir: str, *, restarts: int = 0, sample
         fault=fault, policy=f"on_error={on_error!r}" + (f", max_worker_restarts={restarts}" if restarts else ""),
         batches=batches_run, delivered_once=delivered_once,
         failed=len(failed & set(range(samples))), replaced=replaced, duplicated=duplicated, lost=lost, error=error,
-        next_epoch=next_epoch, leftover_shm=len(dev_shm_entries() - shm_before) + fastload_memfds() - maps_before,
+        next_epoch=next_epoch, leftover_shm=len(leaked_dev_shm(shm_before)) + fastload_memfds() - maps_before,
         leftover_processes=len(child_pids() - children_before), seconds=seconds,
     )
