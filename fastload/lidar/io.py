@@ -91,20 +91,21 @@ class _PcdLayout(NamedTuple):
 def _pcd_header(path: str, data: bytes) -> tuple[dict[str, list[str]], int]:
     """The header's lines by key, and the offset of the data after the DATA line."""
     header: dict[str, list[str]] = {}
-    offset = 0
+    offset = number = 0
     while "DATA" not in header:
         if offset >= len(data):
             raise PointCloudError(f"{path}: PCD header has no DATA line")
         end = data.find(b"\n", offset)
         end = len(data) if end < 0 else end
         line = data[offset:end].decode("ascii", errors="replace").strip()
-        offset = end + 1
+        offset, number = end + 1, number + 1
         if not line or line.startswith("#"):
             continue
         key, *values = line.split()
         key = key.upper()
         if key not in _PCD_KEYS:
-            raise PointCloudError(f"{path}: not a PCD v0.7 header line: {line[:80]!r}")
+            raise PointCloudError(f"{path}: PCD header line {number} starts with none of {', '.join(_PCD_KEYS)}: "
+                                  f"{line[:40]!r}")
         if key in header:
             raise PointCloudError(f"{path}: PCD header has two {key} lines")
         header[key] = values
