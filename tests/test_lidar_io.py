@@ -268,12 +268,14 @@ def test_pcd_with_a_header_line_repeated_is_refused(tmp_path, line):
     refused(path, f"PCD header has two {line.split()[0]} lines")
 
 
-def test_pcd_with_an_unknown_header_line_is_refused(tmp_path):
+@pytest.mark.parametrize("line", ["ORIGIN 0 0 0", "points 5"])
+def test_pcd_with_an_unknown_header_line_is_refused(tmp_path, line):
+    # Keys are case-sensitive, as in PCL and open3d, which ignore a "points" line.
     path = tmp_path / "unknown.pcd"
     write_pcd(path, xyzi(), "binary")
-    edit(path, b"POINTS 5\n", b"POINTS 5\nORIGIN 0 0 0\n")
-    refused(path, "PCD header line 11 starts with none of VERSION, FIELDS, SIZE, TYPE, COUNT, WIDTH, HEIGHT, "
-                  "VIEWPOINT, POINTS, DATA: 'ORIGIN 0 0 0'")
+    edit(path, b"VIEWPOINT 0 0 0 1 0 0 0\n", f"VIEWPOINT 0 0 0 1 0 0 0\n{line}\n".encode())
+    refused(path, "PCD header line 10 starts with none of VERSION, FIELDS, SIZE, TYPE, COUNT, WIDTH, HEIGHT, "
+                  f"VIEWPOINT, POINTS, DATA: {line!r}")
 
 
 @pytest.mark.parametrize("version", ["0.6", "0.8", "7", "0.7 0.7"])
@@ -302,11 +304,14 @@ def test_pcd_field_of_an_unsupported_type_or_size_is_refused(tmp_path, kind, siz
     refused(path, f"PCD field 'intensity' has TYPE {kind} SIZE {size}")
 
 
-def test_pcd_naming_a_field_twice_is_refused(tmp_path):
+@pytest.mark.parametrize("extra, column", [
+    ([("x", np.zeros(5, np.float32))], "x"),
+    ([("h", np.zeros((5, 2), np.uint16)), ("h_1", np.zeros(5, np.float32))], "h_1"),  # h's second value is h_1
+])
+def test_pcd_giving_two_columns_one_name_is_refused(tmp_path, extra, column):
     path = tmp_path / "twice.pcd"
-    write_pcd(path, xyzi(), "binary")
-    edit(path, b"FIELDS x y z intensity\n", b"FIELDS x y z x\n")
-    refused(path, "PCD FIELDS names 'x' twice")
+    write_pcd(path, list(xyzi().items()) + extra, "binary")
+    refused(path, f"two columns would be named {column!r}")
 
 
 def test_pcd_without_x_y_z_is_refused(tmp_path, scan):
@@ -323,7 +328,7 @@ def test_pcd_viewpoint_must_be_seven_finite_numbers(tmp_path, viewpoint):
     refused(path, "PCD VIEWPOINT must be 7 finite numbers")
 
 
-@pytest.mark.parametrize("data", ["binary_lzma", "", "binary ascii"])
+@pytest.mark.parametrize("data", ["binary_lzma", "", "binary ascii", "Binary"])
 def test_pcd_data_of_an_unknown_encoding_is_refused(tmp_path, data):
     path = tmp_path / "encoding.pcd"
     write_pcd(path, xyzi(), "binary")
@@ -476,7 +481,7 @@ def test_binary_compressed_pcd_with_a_corrupt_lzf_stream_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     data[offset + 8] = 0xFF  # a back-reference before the start of the output
     path.write_bytes(bytes(data))
-    refused(path, "open3d could not decompress the binary_compressed data")
+    refused(path, "open3d could not read the binary_compressed data (corrupt LZF stream?)")
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -496,6 +501,25 @@ def test_binary_compressed_pcd_that_open3d_would_misread_is_refused(tmp_path, ex
     path = tmp_path / "misread.pcd"
     write_pcd(path, {**xyzi(), **extra}, "binary_compressed")
     refused(path, "this binary_compressed PCD cannot be read exactly", message)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    (b"WIDTH 5\nHEIGHT 1\n", b"HEIGHT 1\nWIDTH 5\n", "open3d needs POINTS and the header lines in the order"),
+    (b"POINTS 5\n", b"", "open3d needs POINTS and the header lines in the order"),
+])
+def test_binary_compressed_pcd_header_that_open3d_would_misparse_is_refused(tmp_path, old, new, message):
+    # With HEIGHT before WIDTH and no POINTS, open3d counts points with a WIDTH it has not read.
+    path = tmp_path / "header.pcd"
+    write_pcd(path, xyzi(), "binary_compressed")
+    edit(path, old, new)
+    refused(path, "this binary_compressed PCD cannot be read exactly", message)
+
+
+def test_binary_compressed_pcd_with_a_header_line_open3d_would_cut_is_refused(tmp_path):
+    path = tmp_path / "wide.pcd"
+    write_pcd(path, {**xyzi(), **{f"extra_field_{k:03d}": np.zeros(5, np.float32) for k in range(80)}},
+              "binary_compressed")
+    refused(path, "a header line of 1302 bytes, and open3d reads at most 1022")
 
 
 @needs_open3d
@@ -647,6 +671,13 @@ def test_ply_without_a_vertex_element_with_x_y_z_is_refused(tmp_path, old, new, 
     path = valid_ply(tmp_path)
     edit(path, old, new)
     refused(path, message)
+
+
+def test_ply_property_named_like_a_grouped_normal_is_refused(tmp_path):
+    path = tmp_path / "normals.ply"
+    write_ply(path, "ascii", {**xyzi(), "nx": np.zeros(5, np.float32), "ny": np.zeros(5, np.float32),
+                              "nz": np.zeros(5, np.float32), "normals_0": np.zeros(5, np.float32)})
+    refused(path, "two columns would be named 'normals_0'")
 
 
 def test_ply_without_end_header_is_refused(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -81,6 +82,7 @@ _WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 class _PcdLayout(NamedTuple):
+    keys: list[str]  # the header's lines in their order
     fields: list[tuple[str, str, str, int]]  # name, TYPE, SIZE, COUNT as the header gives them
     record: np.dtype  # one point, packed as in the file: one numpy field per value
     columns: list[str | None]  # the column of each value of a record; None for padding
@@ -102,7 +104,6 @@ def _pcd_header(path: str, data: bytes) -> tuple[dict[str, list[str]], int]:
         if not line or line.startswith("#"):
             continue
         key, *values = line.split()
-        key = key.upper()
         if key not in _PCD_KEYS:
             raise PointCloudError(f"{path}: PCD header line {number} starts with none of {', '.join(_PCD_KEYS)}: "
                                   f"{line[:40]!r}")
@@ -149,9 +150,6 @@ def _pcd_layout(path: str, header: dict[str, list[str]]) -> _PcdLayout:
     for key, values in (("SIZE", header["SIZE"]), ("TYPE", header["TYPE"]), ("COUNT", counts)):
         if len(values) != len(names):
             raise PointCloudError(f"{path}: PCD {key} has {len(values)} values for the {len(names)} FIELDS {names}")
-    for name in names:
-        if name != _PCD_PADDING and names.count(name) > 1:
-            raise PointCloudError(f"{path}: PCD FIELDS names {name!r} twice")
     if "VIEWPOINT" in header:
         viewpoint = header["VIEWPOINT"]
         try:
@@ -173,12 +171,12 @@ def _pcd_layout(path: str, header: dict[str, list[str]]) -> _PcdLayout:
         fields.append((name, kind, size, count))
         formats += [_PCD_TYPES[(kind, size)]] * count
         columns += [None if name == _PCD_PADDING else name if count == 1 else f"{name}_{k}" for k in range(count)]
-    _require_xyz(path, [c for c in columns if c is not None])
-    if len(header["DATA"]) != 1 or header["DATA"][0].lower() not in ("ascii", "binary", "binary_compressed"):
+    _check_columns(path, [c for c in columns if c is not None])
+    if len(header["DATA"]) != 1 or header["DATA"][0] not in ("ascii", "binary", "binary_compressed"):
         raise PointCloudError(f"{path}: PCD DATA must be ascii, binary or binary_compressed, "
                               f"got {' '.join(header['DATA'])!r}")
     record = np.dtype({"names": [f"f{i}" for i in range(len(formats))], "formats": formats})
-    return _PcdLayout(fields, record, columns, _pcd_points(path, header), header["DATA"][0].lower())
+    return _PcdLayout(list(header), fields, record, columns, _pcd_points(path, header), header["DATA"][0])
 
 
 def read_pcd(path: str | os.PathLike[str]) -> PointCloud:
@@ -236,7 +234,7 @@ def _read_pcd_compressed(path: str, data: bytes, offset: int, layout: _PcdLayout
     if held != compressed:
         raise PointCloudError(f"{path}: {'truncated' if held < compressed else 'data after the last point'}: "
                               f"binary_compressed data announces {compressed} compressed bytes, the file has {held}")
-    reason = _open3d_misreads(layout)
+    reason = _open3d_misreads(layout, max(map(len, data[:offset].split(b"\n"))))
     if reason:
         raise PointCloudError(f"{path}: this binary_compressed PCD cannot be read exactly: {reason}; saved as "
                               f"binary or ascii PCD it can")
@@ -251,7 +249,7 @@ def _read_pcd_compressed(path: str, data: bytes, offset: int, layout: _PcdLayout
     cloud = o3d.t.io.read_point_cloud(path)
     attributes = {name: cloud.point[name].numpy() for name in cloud.point}
     if "positions" not in attributes or any(len(values) != layout.points for values in attributes.values()):
-        raise PointCloudError(f"{path}: open3d could not decompress the binary_compressed data (corrupt LZF stream)")
+        raise PointCloudError(f"{path}: open3d could not read the binary_compressed data (corrupt LZF stream?)")
     columns, arrays = ["x", "y", "z"], [attributes.pop("positions").astype(np.float32)]
     for name, values in attributes.items():
         values = values.reshape(len(values), -1).astype(np.float32)
@@ -260,15 +258,21 @@ def _read_pcd_compressed(path: str, data: bytes, offset: int, layout: _PcdLayout
     return PointCloud(np.ascontiguousarray(np.concatenate(arrays, axis=1)), tuple(columns))
 
 
-def _open3d_misreads(layout: _PcdLayout) -> str | None:
+def _open3d_misreads(layout: _PcdLayout, longest_line: int) -> str | None:
     """Why open3d's PCD reader (0.20) would not read this layout exactly, or None.
 
-    It keeps one value per field, makes one attribute per field name, next to its own
-    positions, normals and colors (a field of one of those names, or a second padding field,
-    makes it write to freed memory), needs one type for x, y, z, reads normals with x's type
-    (and writes through a null pointer for an incomplete set) and reads colour as 4 bytes
-    (zeros for another SIZE; rgba overwrites rgb).
+    It reads header lines into a 1024-byte buffer, counts points from the last of HEIGHT
+    (WIDTH x HEIGHT, with the WIDTH read so far) and POINTS, keeps the first value of each
+    field and makes one attribute per field name next to its own positions, normals and
+    colors (a field named positions or colors, or two padding fields, made it write to freed
+    memory). It needs one type for x, y and z, reads normals with the type of x (and wrote
+    through a null pointer for an incomplete set) and colour as 4 bytes (zeros for another
+    SIZE; rgba overwrites rgb).
     """
+    if longest_line > 1022:
+        return f"a header line of {longest_line} bytes, and open3d reads at most 1022"
+    if "POINTS" not in layout.keys or layout.keys != [key for key in _PCD_KEYS if key in layout.keys]:
+        return f"open3d needs POINTS and the header lines in the order {', '.join(_PCD_KEYS)}"
     types = {name: (kind, size) for name, kind, size, _ in layout.fields}
     for name, kind, size, count in layout.fields:
         if count != 1:
@@ -388,18 +392,18 @@ def read_ply(path: str | os.PathLike[str]) -> PointCloud:
     vertex = next((element for element in elements if element.name == "vertex"), None)
     if vertex is None:
         raise PointCloudError(f"{path}: PLY has no vertex element (elements: {[e.name for e in elements]})")
-    scalars = [prop for prop in vertex.properties if prop.count_type is None]
-    names = [prop.name for prop in scalars]
-    _require_xyz(path, names)
+    properties = [prop.name for prop in vertex.properties if prop.count_type is None]
+    columns = properties
+    for group, name in _PLY_GROUPS.items():
+        if all(member in columns for member in group):
+            columns = [f"{name}_{group.index(c)}" if c in group else c for c in columns]
+    _check_columns(path, columns)
     if encoding == "ascii":
         table = _read_ply_ascii(path, data, offset, header_lines, elements)
     else:
         records = _read_ply_binary(path, data, offset, elements, _PLY_BYTE_ORDERS[encoding])
-        table = np.stack([records[name].astype(np.float32) for name in names], axis=1)
-    for group, name in _PLY_GROUPS.items():
-        if all(member in names for member in group):
-            names = [f"{name}_{group.index(n)}" if n in group else n for n in names]
-    return _xyz_first(table, names)
+        table = np.stack([records[name].astype(np.float32) for name in properties], axis=1)
+    return _xyz_first(table, columns)
 
 
 def _read_ply_binary(path: str, data: bytes, offset: int, elements: list[_PlyElement], endian: str) -> np.ndarray:
@@ -579,10 +583,14 @@ def read_point_cloud(path: str | os.PathLike[str]) -> PointCloud:
     return readers[extension](path)
 
 
-def _require_xyz(path: str, columns: list[str]) -> None:
+def _check_columns(path: str, columns: list[str]) -> None:
+    """Raises unless x, y, z are among the columns and no name is given twice."""
     missing = [axis for axis in ("x", "y", "z") if axis not in columns]
     if missing:
         raise PointCloudError(f"{path}: no {', '.join(missing)} field(s) among {columns}")
+    repeated = [column for column, times in Counter(columns).items() if times > 1]
+    if repeated:
+        raise PointCloudError(f"{path}: two columns would be named {repeated[0]!r} (fields {columns})")
 
 
 def _xyz_first(table: np.ndarray, columns: list[str]) -> PointCloud:
