@@ -16,10 +16,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -f /usr/include/jpeglib.h || { echo "fastload needs the libjpeg-turbo headers: apt-get install libjpeg62-turbo-dev" >&2; exit 1; }
-	# open3d (PLY and compressed PCD reading) loads the system's libusb.
+	# open3d (compressed PCD reading) loads the system's libusb.
 	ldconfig -p | grep -q 'libusb-1.0.so.0' \
 		|| { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; } \
-		|| echo "fastload set-up: libusb-1.0-0 is missing (apt-get install libusb-1.0-0): PLY and compressed PCD reading will fail" >&2
+		|| echo "fastload set-up: libusb-1.0-0 is missing (apt-get install libusb-1.0-0): compressed PCD reading will fail" >&2
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar,bench]"
 	$(PY) -m pip install --quiet --no-deps --target $(STOCK_PILLOW) \
 		"pillow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("pillow"))')"

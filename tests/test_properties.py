@@ -4,6 +4,8 @@ error; none crashes the interpreter."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from fastload.lidar import Voxelizer, dynamic_voxelize
 from fastload.lidar.io import PointCloudError, read_point_cloud
 
 from . import voxel_reference as ref
+from .test_lidar_io import PLY_TYPE_NAMES, write_pcd, write_ply
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -191,3 +194,62 @@ def test_fuzzed_point_cloud_files_raise_clear_errors(tmp_path, suffix, noise, wi
         assert str(path) in str(exc)
     else:
         assert cloud.points.dtype == np.float32 and cloud.points.ndim == 2 and cloud.points.shape[1] >= 3
+
+
+# --- the readers: a valid file of any layout reads back exactly ---
+
+def column_values(draw, dtype, n: int) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":  # float32 values, so that an ascii float64 reads back as the same float32
+        elements = st.floats(width=32, allow_nan=True, allow_infinity=True)
+        return draw(hnp.arrays(np.float32, n, elements=elements)).astype(dtype)
+    info = np.iinfo(dtype)
+    return draw(hnp.arrays(dtype, n, elements=st.integers(int(info.min), int(info.max))))
+
+
+def assert_reads_back(cloud, expected: dict[str, np.ndarray]) -> None:
+    assert cloud.fields[:3] == ("x", "y", "z") and sorted(cloud.fields) == sorted(expected)
+    assert cloud.points.dtype == np.float32 and cloud.points.shape == (len(expected["x"]), len(expected))
+    for name, values in expected.items():
+        np.testing.assert_array_equal(cloud.field(name), values.astype(np.float32))
+
+
+PCD_DTYPES = [np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+OPEN3D = importlib.util.find_spec("open3d") is not None
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 9), st.sampled_from([np.float32, np.float64]),
+       st.lists(st.tuples(st.sampled_from(PCD_DTYPES), st.integers(1, 3)), max_size=4),
+       st.sampled_from(["ascii", "binary", "binary_compressed"] if OPEN3D else ["ascii", "binary"]), st.data())
+def test_pcd_of_any_layout_reads_back_exactly(tmp_path, n, xyz_dtype, extra, encoding, data):
+    fields = [(axis, column_values(data.draw, xyz_dtype, n)) for axis in "xyz"]
+    for k, (dtype, count) in enumerate(extra):
+        values = np.stack([column_values(data.draw, dtype, n) for _ in range(count)], axis=1)
+        fields.append((f"f{k}", values[:, 0] if count == 1 else values))
+    fields = data.draw(st.permutations(fields))
+    expected = {}
+    for name, values in fields:
+        expected.update({name: values} if values.ndim == 1 else
+                        {f"{name}_{j}": values[:, j] for j in range(values.shape[1])})
+    path = tmp_path / "layout.pcd"
+    write_pcd(path, fields, encoding)
+    try:
+        cloud = read_point_cloud(path)
+    except PointCloudError as exc:  # only a layout open3d would misread is refused
+        assert encoding == "binary_compressed" and "cannot be read exactly" in str(exc) and \
+            any(values.ndim == 2 for _, values in fields), exc
+    else:
+        assert_reads_back(cloud, expected)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 9), st.lists(st.sampled_from(list(PLY_TYPE_NAMES)), min_size=3, max_size=7),
+       st.sampled_from(["ascii", "binary_little_endian", "binary_big_endian"]),
+       st.lists(st.lists(st.integers(0, 8), max_size=5), max_size=4), st.booleans(), st.data())
+def test_ply_of_any_layout_reads_back_exactly(tmp_path, n, types, encoding, faces, faces_first, data):
+    names = data.draw(st.permutations(["x", "y", "z"] + [f"p{k}" for k in range(len(types) - 3)]))
+    vertex = {name: column_values(data.draw, np.dtype(code), n) for name, code in zip(names, types)}
+    path = tmp_path / "layout.ply"
+    write_ply(path, encoding, vertex, faces=faces, faces_first=faces_first)
+    assert_reads_back(read_point_cloud(path), vertex)
