@@ -9,9 +9,18 @@
 //
 // Error handling: libjpeg reports errors through error_exit, which must not return. We
 // longjmp back to the decode function; nothing with a destructor lives between setjmp
-// and any libjpeg call, and the only allocation (the output rows) is freed on that path.
-// Warnings (e.g. a truncated file, which libjpeg would silently pad with gray) are errors
-// too: a loader must not train on half-decoded images.
+// and any libjpeg call. The one allocation, the output rows, is owned through the
+// caller's RegionResult, not a local: a non-volatile local assigned after setjmp has an
+// indeterminate value after the longjmp (in practice the register copy from setjmp time,
+// null), and freeing through it leaked every buffer of a failed decode.
+// Warnings are errors too: libjpeg reports a truncated file, a marker inside the
+// entropy-coded data and entropy-coded data that does not end where the image does as
+// warnings and would go on with gray or garbage pixels; a loader must not train on them.
+// Most of these are only noticed at the end of the scan (a garbled segment that holds no
+// marker desynchronizes the Huffman decoder until the data runs out or outlasts the
+// image), so every decode reads the scan to its end and through the EOI marker
+// (jpeg_finish_decompress), the rows below a crop included: entropy decoding only, no
+// IDCT, but a corrupt file fails whichever crop is drawn from it.
 
 #include "jpeg_region.h"
 
@@ -83,13 +92,14 @@ bool decode_jpeg_region(const unsigned char* data, std::size_t size, const Regio
                         RegionResult* result) {
   jpeg_decompress_struct cinfo;
   ErrorManager err;
-  unsigned char* pixels = nullptr;
+  result->pixels = nullptr;
   cinfo.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = on_error;
   err.pub.emit_message = on_message;
   if (setjmp(err.jump)) {
     copy_message(result->error, err.message);
-    std::free(pixels);
+    std::free(result->pixels);
+    result->pixels = nullptr;
     jpeg_destroy_decompress(&cinfo);
     return false;
   }
@@ -99,8 +109,9 @@ bool decode_jpeg_region(const unsigned char* data, std::size_t size, const Regio
 
   const int image_w = static_cast<int>(cinfo.image_width);
   const int image_h = static_cast<int>(cinfo.image_height);
+  // By subtraction: x + width can overflow an int for any x near 2^31.
   if (request.x < 0 || request.y < 0 || request.width < 1 || request.height < 1 ||
-      request.x + request.width > image_w || request.y + request.height > image_h) {
+      request.width > image_w - request.x || request.height > image_h - request.y) {
     std::snprintf(result->error, sizeof(result->error), "crop (x=%d, y=%d, w=%d, h=%d) outside the %dx%d image",
                   request.x, request.y, request.width, request.height, image_w, image_h);
     jpeg_destroy_decompress(&cinfo);
@@ -130,22 +141,31 @@ bool decode_jpeg_region(const unsigned char* data, std::size_t size, const Regio
   else band_x = 0;
   if (y0 > 0) jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(y0));
 
+  // One row more than the crop: where the last image row goes when the crop ends above it.
   const int rows = y1 - y0;
   const std::size_t stride = static_cast<std::size_t>(cinfo.output_width) * 3;
-  pixels = static_cast<unsigned char*>(std::malloc(stride * static_cast<std::size_t>(rows)));
-  if (pixels == nullptr) {
+  result->pixels = static_cast<unsigned char*>(std::malloc(stride * (static_cast<std::size_t>(rows) + 1)));
+  if (result->pixels == nullptr) {
     copy_message(result->error, "out of memory");
     jpeg_destroy_decompress(&cinfo);
     return false;
   }
   while (static_cast<int>(cinfo.output_scanline) < y1) {
-    JSAMPROW row = pixels + stride * (cinfo.output_scanline - static_cast<JDIMENSION>(y0));
+    JSAMPROW row = result->pixels + stride * (cinfo.output_scanline - static_cast<JDIMENSION>(y0));
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
-  jpeg_abort_decompress(&cinfo);  // the rows below the crop are never decoded
+  // The rest of the scan (see the top of this file). Skipping to the last row entropy-decodes
+  // the rows in between; skipping past it would decode nothing (libjpeg-turbo then just
+  // declares the end of the image reached), so that row is read.
+  if (cinfo.output_scanline < cinfo.output_height) {
+    const JDIMENSION below = cinfo.output_height - cinfo.output_scanline;
+    if (below > 1) jpeg_skip_scanlines(&cinfo, below - 1);
+    JSAMPROW spare = result->pixels + stride * static_cast<std::size_t>(rows);
+    jpeg_read_scanlines(&cinfo, &spare, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
 
-  result->pixels = pixels;
   result->rows = rows;
   result->band_width = static_cast<int>(stride / 3);
   result->left = x0 - static_cast<int>(band_x);
