@@ -158,13 +158,23 @@ def test_image_folder_through_the_pool_with_seed_per_sample(photos):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_garbled_scan_fails_every_fused_crop(photos, seed):
-    """A crop above the garbled rows needs none of them, yet the file is corrupt: every draw
-    of the crop must fail, not only those that cover the damage."""
+    """A crop above the garbled rows decodes none of them, yet the file is corrupt: every
+    draw of the crop must fail, not only those that cover the damage."""
     data = garble(ImageFolder(photos).read(seed), seed)
     for transform in (RandomResizedCropDecode(224), RandomResizedCropDecode(64), ResizeCenterCropDecode(224)):
         for draw in range(15):
             torch.manual_seed(draw)
             with pytest.raises(ImageDecodeError, match="Corrupt JPEG data"):
+                transform(data)
+
+
+def test_truncation_fails_every_fused_crop(photos):
+    data = ImageFolder(photos).read(2)
+    data = data[: len(data) * 3 // 4]
+    for transform in (RandomResizedCropDecode(224), RandomResizedCropDecode(64), ResizeCenterCropDecode(224)):
+        for draw in range(15):
+            torch.manual_seed(draw)
+            with pytest.raises(ImageDecodeError, match="Premature end of JPEG file"):
                 transform(data)
 
 

@@ -1,5 +1,6 @@
 """fastload._ext's region JPEG decoder on bad input: failed decodes free what they took,
-crop bounds are checked without overflow, and fuzzed files decode or raise ValueError."""
+crop bounds are checked without overflow, damage below a crop is seen where the docs say,
+and fuzzed files decode or raise ValueError."""
 
 from __future__ import annotations
 
@@ -78,6 +79,31 @@ def test_crops_outside_the_image_are_refused(photo, x, y, width, height):
 def test_a_crop_reaching_the_corner_decodes(photo):
     band, left, width, scale = _ext.decode_jpeg_region(photo, 500, 400, 12, 112, 12, 112)
     assert (scale, width, band.shape[0]) == (1, 12, 112) and left + width <= band.shape[1]
+
+
+def test_a_crop_above_truncation_fails(photo):
+    with pytest.raises(ValueError, match="Premature end of JPEG file"):
+        _ext.decode_jpeg_region(photo[: len(photo) * 3 // 4], 0, 0, 64, 64, 64, 64)
+
+
+def test_a_crop_above_garbage_fails(photo):
+    """The garbage covers the middle of the data, far below the crop's 64 rows: never decoded,
+    but its bytes hold markers where only entropy-coded data may be."""
+    for seed in range(5):
+        with pytest.raises(ValueError, match="Corrupt JPEG data"):
+            _ext.decode_jpeg_region(garble(photo, seed), 0, 0, 64, 64, 64, 64)
+
+
+def test_marker_free_garbage_below_a_crop_goes_unseen(photo):
+    """The documented limit of a crop's check: only decoding those rows would show it."""
+    clean = _ext.decode_jpeg_region(photo, 0, 0, 64, 64, 64, 64)[0]
+    garbled = _ext.decode_jpeg_region(garble(photo, 0, markers=False), 0, 0, 64, 64, 64, 64)[0]
+    assert np.array_equal(garbled, clean)
+
+
+def test_marker_free_garbage_fails_a_decode_that_reaches_the_last_row(photo):
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):
+        _ext.decode_jpeg_region(garble(photo, 0, markers=False), 448, 448, 64, 64, 64, 64)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

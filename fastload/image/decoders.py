@@ -20,14 +20,15 @@ table). Formats a JPEG decoder cannot read (PNG, CMYK JPEG, ...) go to Pillow.
 Before any decoder allocates, the size the image's header claims is checked against
 :data:`MAX_IMAGE_PIXELS` (a JPEG of a few hundred bytes can claim 60000×60000 pixels).
 
-Corrupt data: ``fastload`` (full and region decodes) and ``simplejpeg`` raise for every
-warning libjpeg gives, ``fastload`` after reading the whole scan even when it decodes
-only a crop: a truncated file, a marker inside the entropy-coded data, entropy-coded data
-that does not end where the image does. ``torchvision`` raises for truncated files and
-libjpeg's errors but only prints its corrupt-data warnings to stderr and returns the
-damaged image; ``pillow`` raises for truncated files and libjpeg's errors and ignores the
-warnings. No decoder can see garbage that happens to decode as valid entropy-coded data
-ending where the original data did.
+Corrupt data: ``fastload`` and ``simplejpeg`` raise for every warning libjpeg gives: a
+truncated file, a marker inside the entropy-coded data, entropy-coded data that does not
+end where the image does. ``torchvision`` raises for truncated files and libjpeg's errors
+but only prints its corrupt-data warnings to stderr and returns the damaged image;
+``pillow`` raises for truncated files and libjpeg's errors and ignores the warnings. No
+decoder can see garbage that happens to decode as valid entropy-coded data ending where
+the original data did. The fused transforms (:mod:`fastload.image.transforms`) decode the
+rows down to the crop's last one like ``fastload``, and check the bytes below only for
+truncation and stray markers.
 """
 
 from __future__ import annotations

@@ -8,9 +8,12 @@ leaves at least the output resolution over the crop, resizes with antialiasing i
 ``uint8`` and flips. Formats other than RGB-convertible JPEG take the unfused path:
 full decode with the chosen decoder, then the same crop, resize and flip.
 
-The rows below the crop are entropy-decoded too (no IDCT): corrupt data raises
-``ImageDecodeError`` whichever crop is drawn, not only when the crop covers it. The
-header's size is checked against ``decoders.MAX_IMAGE_PIXELS`` before anything else.
+Corrupt data raises ``ImageDecodeError`` as with the ``fastload`` decoder in the rows
+decoded (down to the crop's last one); below the crop, which is not decoded, the bytes
+must still end with the EOI marker and hold no stray marker: a truncated file, or random
+garbage, fails whichever crop is drawn. Garbage below the crop that holds no 0xFF byte
+goes unseen. The header's size is checked against ``decoders.MAX_IMAGE_PIXELS`` before
+anything else.
 
 NOTE [ GPU decode ]
 
