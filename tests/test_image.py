@@ -225,7 +225,7 @@ def test_an_image_over_max_image_pixels_is_refused(photos, name, monkeypatch):
     data = ImageFolder(photos).read(0)
     width, height = Image.open(io.BytesIO(data)).size
     monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", width * height - 1)
-    with pytest.raises(ImageDecodeError, match="MAX_IMAGE_PIXELS .*; raise that limit, or set it to None, to decode it"):
+    with pytest.raises(ImageDecodeError, match="MAX_IMAGE_PIXELS .*; raise that limit, or set it to None"):
         if name == "fused":
             RandomResizedCropDecode(64)(data)
         else:
@@ -245,7 +245,8 @@ def test_pillow_keeps_its_own_decompression_bomb_check(monkeypatch):
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
     size = (20000).to_bytes(4, "big") * 2  # 20000x20000: past twice PIL.Image.MAX_IMAGE_PIXELS, where Pillow raises
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size + bytes([8, 2, 0, 0, 0])) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size + bytes([8, 2, 0, 0, 0]))  # 8-bit RGB
+           + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
     monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(ImageDecodeError, match="could be decompression bomb"):
         decode(png)
@@ -310,7 +311,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_everywhere(tmp_path):
     transforms and the GPU path's worker refuse it before allocating."""
     (tmp_path / "bombs").mkdir()
     (tmp_path / "bombs" / "bomb.jpg").write_bytes(bomb())
-    child = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(tmp_path), ",".join(full_decoders())],
+    child = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(tmp_path), ",".join(full_decoders())], check=False,
                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert child.returncode == 0, child.stderr
     messages = json.loads(child.stdout)
