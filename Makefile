@@ -1,5 +1,7 @@
 # `make bench`: set up .venv if needed, then compare fastload with torch's DataLoader.
 # `make test`:  set up .venv if needed, then run the whole test suite.
+# `make sanitize`: build fastload._ext with AddressSanitizer + UBSan (in build/sanitize/,
+#   the in-place build stays) and run the tests that drive it; fails on any report.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.fastload-installed
 PILLOW_SIMD := pillow-simd==12.1.1.post0
 STOCK_PILLOW := $(VENV)/stock-pillow
 
-.PHONY: bench test setup clean
+.PHONY: bench test setup clean sanitize
 
 setup: $(STAMP)
 
@@ -35,3 +37,38 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastload/*.so
+
+# The sanitized extension, built with gcc's runtimes (libasan8 and libubsan1 come with
+# gcc). -fno-sanitize-recover: undefined behaviour aborts the test run, like an ASan error.
+# -fno-wrapv overrides Python's -fwrapv, under which UBSan would not check signed overflow.
+SANITIZE_DIR := build/sanitize
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fno-wrapv -g
+SANITIZE_TESTS := tests/test_jpeg_region.py tests/test_image.py tests/test_voxelize.py tests/test_properties.py
+
+$(SANITIZE_DIR)/built: $(STAMP) setup.py $(wildcard fastload_ext/*)
+	test -f "$$(gcc -print-file-name=libasan.so)" || { echo "make sanitize needs gcc's AddressSanitizer runtime: apt-get install libasan8 libubsan1" >&2; exit 1; }
+	CFLAGS="$(SANITIZE_FLAGS)" CXXFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+		$(PY) setup.py -q build_ext --parallel 2 --build-lib $(SANITIZE_DIR)/lib --build-temp $(SANITIZE_DIR)/temp
+	touch $@
+
+# Every Python process of the run loads the sanitized build (tests/sanitize/sitecustomize.py).
+# The ASan runtime is preloaded (it must come first), with libstdc++ so that its
+# __cxa_throw interceptor finds the real one. PYTHONMALLOC=malloc puts Python objects on
+# the malloc heap, where LeakSanitizer looks for pointers: memory reachable only from
+# objects of pymalloc's arenas would otherwise all look leaked. ASan's reports go to files,
+# one per process, so that none is lost with a child's stderr; any file fails the target.
+# UBSan's go to stderr (gcc's UBSan ignores log_path next to ASan), and pytest captures
+# Python's streams only (--capture=sys), so that a report that ends the run is shown.
+sanitize: $(SANITIZE_DIR)/built
+	rm -rf $(SANITIZE_DIR)/reports && mkdir -p $(SANITIZE_DIR)/reports
+	FASTLOAD_SANITIZED_EXT="$$(echo $(abspath $(SANITIZE_DIR))/lib/fastload/_ext.*.so)" \
+		PYTHONPATH="$(abspath tests/sanitize)" PYTHONMALLOC=malloc \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+		ASAN_OPTIONS="detect_leaks=1:malloc_context_size=2:log_path=$(abspath $(SANITIZE_DIR)/reports)/asan" \
+		LSAN_OPTIONS="suppressions=$(abspath tests/sanitize/lsan.supp):print_suppressions=0" \
+		UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+		$(PY) -m pytest -q --capture=sys $(SANITIZE_TESTS) $(ARGS); \
+	status=$$?; \
+	if ls $(SANITIZE_DIR)/reports/* >/dev/null 2>&1; then cat $(SANITIZE_DIR)/reports/*; \
+		echo "make sanitize: sanitizer reports above (in $(SANITIZE_DIR)/reports/)" >&2; exit 1; fi; \
+	exit $$status

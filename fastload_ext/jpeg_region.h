@@ -21,10 +21,10 @@ struct RegionRequest {
   int min_width, min_height;
 };
 
-// `pixels` (malloc'd, owned by the caller) holds `rows` rows of `band_width` RGB pixels:
-// the crop, scaled down by `scale_denominator`, starts `left` pixels into each row and is
-// `width` pixels wide. The band is wider than the crop because libjpeg-turbo decodes whole
-// iMCU columns.
+// `pixels` (malloc'd, freed by the caller; null after a failed decode) holds `rows` rows of
+// `band_width` RGB pixels: the crop, scaled down by `scale_denominator`, starts `left`
+// pixels into each row and is `width` pixels wide. The band is wider than the crop
+// because libjpeg-turbo decodes whole iMCU columns.
 struct RegionResult {
   unsigned char* pixels = nullptr;
   int rows = 0;

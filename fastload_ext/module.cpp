@@ -109,7 +109,15 @@ class Voxelizer {
 
   py::tuple call(const py::array& points, bool return_point_voxel_id) {
     const PointView p = view_points(points);
-    std::lock_guard<std::mutex> lock(mutex_);  // the scratch buffers are per object
+    // The scratch buffers are per object, so calls are serialised. Lock order: mutex, then
+    // GIL. `run` drops the GIL while it works and takes it back with the mutex held, so
+    // the mutex is never waited for with the GIL held: a thread blocked here holding the
+    // GIL would keep the mutex's owner from ever getting the GIL back.
+    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+    {
+      py::gil_scoped_release release;
+      lock.lock();
+    }
     return p.is_double ? run<double>(p, return_point_voxel_id) : run<float>(p, return_point_voxel_id);
   }
 

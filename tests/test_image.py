@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ import fastload
 from fastload.bench.images import make_image_folder
 from fastload.image import ImageDecodeError, ImageFolder, RandomResizedCropDecode, ResizeCenterCropDecode, decode
 from fastload.image import decoders
+
+from .jpeg_files import bomb, garble
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +111,21 @@ def test_auto_picks_an_available_decoder_and_unknown_names_fail():
 def broken_folder(tmp_path):
     root = make_image_folder(tmp_path / "broken", 12, classes=2)
     files = ImageFolder(root).samples
-    truncated, garbage, not_image = files[3][0], files[6][0], files[9][0]
+    truncated, garbled, garbage, not_image = files[3][0], files[4][0], files[6][0], files[9][0]
     with open(truncated, "rb") as f:
         head = f.read()[: 2000]
     with open(truncated, "wb") as f:
         f.write(head)
-    with open(garbage, "r+b") as f:
+    with open(garbled, "rb") as f:
+        content = f.read()
+    with open(garbled, "wb") as f:
+        f.write(garble(content, seed=0))
+    with open(garbage, "r+b") as f:  # over the header's tables
         f.seek(400)
-        f.write(os.urandom(3000))
+        f.write(np.random.default_rng(0).bytes(3000))
     with open(not_image, "wb") as f:
         f.write(b"this is a text file, not a JPEG" * 10)
-    return root, {3: truncated, 6: garbage, 9: not_image}
+    return root, {3: truncated, 4: garbled, 6: garbage, 9: not_image}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -141,3 +152,171 @@ def test_image_folder_through_the_pool_with_seed_per_sample(photos):
     for a, b in zip(reference, run(2)):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert reference[0][0].shape == (8, 3, 96, 96)
+
+
+# --- corrupt data: what each decoder detects (fastload.image.decoders' docstring) ---
+
+def full_decoders() -> list[str]:
+    return [n for n in decoders.DECODERS if decoders.available(n)] + ["auto"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_garbled_scan_fails_every_fused_crop(photos, seed):
+    """A crop above the garbled rows decodes none of them, yet the file is corrupt: every
+    draw of the crop must fail, not only those that cover the damage."""
+    data = garble(ImageFolder(photos).read(seed), seed)
+    for transform in (RandomResizedCropDecode(224), RandomResizedCropDecode(64), ResizeCenterCropDecode(224)):
+        for draw in range(15):
+            torch.manual_seed(draw)
+            with pytest.raises(ImageDecodeError, match="Corrupt JPEG data"):
+                transform(data)
+
+
+def test_truncation_fails_every_fused_crop(photos):
+    data = ImageFolder(photos).read(2)
+    data = data[: len(data) * 3 // 4]
+    for transform in (RandomResizedCropDecode(224), RandomResizedCropDecode(64), ResizeCenterCropDecode(224)):
+        for draw in range(15):
+            torch.manual_seed(draw)
+            with pytest.raises(ImageDecodeError, match="Premature end of JPEG file"):
+                transform(data)
+
+
+@pytest.mark.parametrize("name", ["fastload", "simplejpeg", "auto"])
+def test_marker_free_garbage_in_the_scan_raises(photos, name):
+    """Garbage without 0xFF holds no marker: only the end of the scan shows it (its data no
+    longer ends where the image does)."""
+    ds = ImageFolder(photos)
+    for index in range(0, len(ds), 4):
+        for seed in range(2):
+            with pytest.raises(ImageDecodeError, match="Corrupt JPEG data|Premature end"):
+                decode(garble(ds.read(index), seed, markers=False), name)
+
+
+@pytest.mark.parametrize("name", full_decoders())
+def test_every_decoder_raises_for_a_truncated_file(photos, name):
+    data = ImageFolder(photos).read(1)
+    with pytest.raises(ImageDecodeError):
+        decode(data[: len(data) // 2], name)
+
+
+def test_torchvision_and_pillow_return_marker_free_garbage_undetected(photos):
+    """The documented limit of those backends: libjpeg's corrupt-data warnings are not errors there."""
+    data = garble(ImageFolder(photos).read(0), 0, markers=False)
+    for name in ("torchvision", "pillow"):
+        assert decode(data, name).shape[0] == 3
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_on_error_skip_leaves_out_corrupt_files(broken_folder, num_workers, no_leaks):
+    root, bad = broken_folder
+    ds = ImageFolder(root, transform=RandomResizedCropDecode(64))
+    loader = fastload.DataLoader(ds, batch_size=4, num_workers=num_workers, on_error="skip",
+                                 generator=torch.Generator().manual_seed(0))
+    assert sum(len(labels) for _, labels in loader) == len(ds) - len(bad)
+    assert sorted(failure.index for failure in loader.errors) == sorted(bad)
+    assert all(bad[failure.index] in failure.error for failure in loader.errors)
+
+
+# --- decompression bombs: the header's size against MAX_IMAGE_PIXELS, before any decoder ---
+
+@pytest.mark.parametrize("name", [*full_decoders(), "fused"])
+def test_an_image_over_max_image_pixels_is_refused(photos, name, monkeypatch):
+    data = ImageFolder(photos).read(0)
+    width, height = Image.open(io.BytesIO(data)).size
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", width * height - 1)
+    with pytest.raises(ImageDecodeError, match="MAX_IMAGE_PIXELS .*; raise that limit, or set it to None"):
+        if name == "fused":
+            RandomResizedCropDecode(64)(data)
+        else:
+            decode(data, name)
+
+
+def test_the_limit_applies_to_non_jpeg_images(monkeypatch):
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(png, "PNG")
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", 40 * 50 - 1)
+    with pytest.raises(ImageDecodeError, match="claims 50x40 = 2,000 pixels, more than .*MAX_IMAGE_PIXELS = 1,999"):
+        decode(png.getvalue())
+
+
+def test_pillow_keeps_its_own_decompression_bomb_check(monkeypatch):
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    size = (20000).to_bytes(4, "big") * 2  # 20000x20000: past twice PIL.Image.MAX_IMAGE_PIXELS, where Pillow raises
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size + bytes([8, 2, 0, 0, 0]))  # 8-bit RGB
+           + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(ImageDecodeError, match="could be decompression bomb"):
+        decode(png)
+
+
+def test_an_image_at_the_limit_decodes_and_none_disables_the_limit(photos, monkeypatch):
+    data = ImageFolder(photos).read(0)
+    width, height = Image.open(io.BytesIO(data)).size
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", width * height)
+    assert decode(data).shape == (3, height, width)
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", None)
+    decoders.check_size(60000, 60000)
+
+
+def test_image_folder_names_the_file_over_the_limit(photos, monkeypatch):
+    ds = ImageFolder(photos, transform=RandomResizedCropDecode(64))
+    width, height = Image.open(ds.path(5)).size
+    monkeypatch.setattr(decoders, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError) as info:
+        ds[5]
+    assert str(info.value).startswith(f"{ds.path(5)}: the image claims {width}x{height} = {width * height:,} pixels")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BOMB_CHILD = """
+import json, resource, sys
+import torch
+import fastload
+from fastload.image import ImageFolder, RandomResizedCropDecode, ResizeCenterCropDecode, decode
+
+# Room for what is loaded, not for a 60000x60000 image: a decoder that allocated for it
+# fails here at once instead of taking 11 to 17 GB.
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2 * 2**30, resource.RLIM_INFINITY))
+
+root, names = sys.argv[1], sys.argv[2].split(",")
+data = open(f"{root}/bombs/bomb.jpg", "rb").read()
+calls = {name: (lambda name=name: decode(data, name)) for name in names}
+calls["fused"] = lambda: RandomResizedCropDecode(224)(data)
+calls["fused center"] = lambda: ResizeCenterCropDecode(224)(data)
+gpu = RandomResizedCropDecode(224)
+gpu.gpu_decode = True  # the worker's part of the CUDA path: header and crop only
+calls["gpu worker"] = lambda: gpu(data)
+calls["image folder"] = lambda: ImageFolder(root, transform=RandomResizedCropDecode(224))[0]
+messages = {}
+for case, call in calls.items():
+    try:
+        call()
+        messages[case] = "decoded"
+    except Exception as exc:
+        messages[case] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(messages))
+"""
+
+
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="RLIMIT_AS cannot be set under AddressSanitizer, which reserves terabytes of shadow memory")
+def test_a_decompression_bomb_is_refused_from_its_header_everywhere(tmp_path):
+    """A 629-byte JPEG that claims 60000x60000 (10.8 GB of RGB): every decoder, the fused
+    transforms and the GPU path's worker refuse it before allocating."""
+    (tmp_path / "bombs").mkdir()
+    (tmp_path / "bombs" / "bomb.jpg").write_bytes(bomb())
+    child = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(tmp_path), ",".join(full_decoders())], check=False,
+                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert child.returncode == 0, child.stderr
+    messages = json.loads(child.stdout)
+    expected = "ImageDecodeError: .*the image claims 60000x60000 = 3,600,000,000 pixels, more than " \
+               "fastload.image.decoders.MAX_IMAGE_PIXELS = 89,478,485"
+    for case, message in messages.items():
+        assert re.search(expected, message), f"{case}: {message}"
+    assert messages["image folder"].startswith(f"ImageDecodeError: {tmp_path / 'bombs' / 'bomb.jpg'}: ")

@@ -4,6 +4,9 @@ with spconv's PointToVoxel, on generated scans and adversarial points."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +223,42 @@ def test_workers_use_the_voxelizer_after_the_main_process_did(context, no_leaks)
     torch.randn(512, 512) @ torch.randn(512, 512)  # an OpenMP parallel region in the parent
     loader = fastload.DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context=context, timeout=60)
     assert list(loader) == in_main
+
+
+SHARED_VOXELIZER_CHILD = """
+import sys, threading
+import numpy as np
+from fastload.lidar import Voxelizer
+from fastload.lidar.synthetic import make_scan
+
+voxelizer = Voxelizer([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000)
+scans = [make_scan(seed) for seed in (0, 1)]
+want = [voxelizer(scan)[2].sum() for scan in scans]
+errors = []
+
+def work(k):
+    for i in range(20):
+        if voxelizer(scans[(i + k) % 2])[2].sum() != want[(i + k) % 2]:
+            errors.append(f"thread {k}, call {i}: wrong result")
+
+threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("; ".join(errors) or "ok")
+"""
+
+
+def test_one_voxelizer_shared_by_two_threads_neither_deadlocks_nor_mixes_results():
+    """Each call holds the object's mutex while the GIL comes and goes; a thread that waited
+    for that mutex while holding the GIL froze the interpreter. In a child process, so that
+    a deadlock fails this test instead of hanging the suite."""
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        child = subprocess.run([sys.executable, "-c", SHARED_VOXELIZER_CHILD], check=False, capture_output=True,
+                               text=True, timeout=180, cwd=repo_root)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two threads sharing one Voxelizer did not finish 20 calls each in 180 s: deadlocked")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "ok"

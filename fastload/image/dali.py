@@ -5,6 +5,9 @@ The device is explicit, as in DALI: ``device="gpu"`` decodes with nvJPEG
 GPU; ``device="cpu"`` runs the same graph on CPU threads (``device_id=None``, which DALI
 needs for an all-CPU pipeline on a machine without CUDA). ``"auto"`` picks the GPU when
 DALI sees one and says once why it did not.
+
+DALI reads and decodes the files inside its own graph: fastload's checks do not apply
+there (``decoders.MAX_IMAGE_PIXELS``, the corrupt-data rules of ``fastload.image.decoders``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,19 @@ name             what                                                        for
 
 ``"auto"`` is the fastest available for the job (measured: see the README's decoder
 table). Formats a JPEG decoder cannot read (PNG, CMYK JPEG, ...) go to Pillow.
+
+Before any decoder allocates, the size the image's header claims is checked against
+:data:`MAX_IMAGE_PIXELS` (a JPEG of a few hundred bytes can claim 60000×60000 pixels).
+
+Corrupt data: ``fastload`` and ``simplejpeg`` raise for every warning libjpeg gives: a
+truncated file, a marker inside the entropy-coded data, entropy-coded data that does not
+end where the image does. ``torchvision`` raises for truncated files and libjpeg's errors
+but only prints its corrupt-data warnings to stderr and returns the damaged image;
+``pillow`` raises for truncated files and libjpeg's errors and ignores the warnings. No
+decoder can see garbage that happens to decode as valid entropy-coded data ending where
+the original data did. The fused transforms (:mod:`fastload.image.transforms`) decode the
+rows down to the crop's last one like ``fastload``, and check the bytes below only for
+truncation and stray markers.
 """
 
 from __future__ import annotations
@@ -38,8 +51,45 @@ FULL_DECODE_PREFERENCE = ("simplejpeg", "fastload", "torchvision", "pillow")
 DECODERS = ("fastload", "simplejpeg", "torchvision", "pillow")
 
 
+#: The most pixels (width × height, as the header claims) an image may have: larger ones
+#: raise :class:`ImageDecodeError` before any decoder allocates for them. Pillow's default
+#: ``PIL.Image.MAX_IMAGE_PIXELS`` (about 268 MB of RGB). ``None`` disables the check. Set it
+#: at import time or in the loader's ``worker_init_fn``: workers that are started with
+#: ``spawn`` import this module afresh. The ``pillow`` decoder also keeps Pillow's own
+#: check (a ``DecompressionBombError`` past twice ``PIL.Image.MAX_IMAGE_PIXELS``).
+MAX_IMAGE_PIXELS: int | None = 89_478_485
+
+
 class ImageDecodeError(ValueError):
     """Encoded data that the decoder could not turn into an image."""
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise :class:`ImageDecodeError` if ``width`` × ``height`` is over :data:`MAX_IMAGE_PIXELS`."""
+    limit = MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageDecodeError(
+            f"the image claims {width}x{height} = {width * height:,} pixels, more than "
+            f"fastload.image.decoders.MAX_IMAGE_PIXELS = {limit:,} (a decompression bomb?); "
+            "raise that limit, or set it to None, to decode it")
+
+
+def jpeg_header(data: bytes | memoryview | np.ndarray) -> tuple[int, int, bool]:
+    """``(width, height, rgb_convertible)`` of a JPEG from its header alone, after
+    :func:`check_size`. ``rgb_convertible`` is False for CMYK/YCCK, which libjpeg cannot turn
+    into RGB.
+
+    Raises:
+        ImageDecodeError: the header is not a decodable JPEG's, or claims too many pixels.
+    """
+    from fastload import _ext
+
+    try:
+        width, height, _, rgb = _ext.jpeg_header(data)
+    except ValueError as exc:
+        raise ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
+    check_size(width, height)
+    return width, height, rgb
 
 
 def is_jpeg(data: bytes | memoryview | np.ndarray) -> bool:
@@ -91,13 +141,16 @@ def _hwc_to_chw(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _decode_simplejpeg(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+# Each decoder: (data, (width, height) from the JPEG header or None, min_size) -> (3, H, W).
+def _decode_simplejpeg(data: bytes, size: tuple[int, int] | None, min_size: tuple[int, int]) -> torch.Tensor:
     import simplejpeg
 
-    return _hwc_to_chw(simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_size[0], min_height=min_size[1]))
+    # strict: libjpeg's corrupt-data warnings raise instead of returning gray or garbage.
+    return _hwc_to_chw(simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_size[0], min_height=min_size[1],
+                                              strict=True))
 
 
-def _decode_torchvision(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+def _decode_torchvision(data: bytes, size: tuple[int, int] | None, min_size: tuple[int, int]) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():
@@ -105,27 +158,26 @@ def _decode_torchvision(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
-def _decode_fastload(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+def _decode_fastload(data: bytes, size: tuple[int, int] | None, min_size: tuple[int, int]) -> torch.Tensor:
     from fastload import _ext
 
-    width, height, _, rgb = _ext.jpeg_header(data)
-    if not rgb:
-        return _decode_pillow(data, min_size)
-    minimum = (width, height) if min_size == (0, 0) else min_size  # (0, 0): full resolution
-    band, left, crop_width, _ = _ext.decode_jpeg_region(data, 0, 0, width, height, *minimum)
+    assert size is not None  # decode() routes only RGB-convertible JPEGs here
+    minimum = size if min_size == (0, 0) else min_size  # (0, 0): full resolution
+    band, left, crop_width, _ = _ext.decode_jpeg_region(data, 0, 0, *size, *minimum)
     return _hwc_to_chw(band[:, left : left + crop_width])
 
 
-def _decode_pillow(data: bytes, min_size: tuple[int, int]) -> torch.Tensor:
+def _decode_pillow(data: bytes, size: tuple[int, int] | None, min_size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        check_size(*image.size)
         if min_size != (0, 0) and image.format == "JPEG":
             image.draft("RGB", min_size)  # DCT scaling, keeping at least min_size
         return _hwc_to_chw(np.array(image.convert("RGB")))  # PIL's own buffer is read-only
 
 
-_FULL: dict[str, Callable[[bytes, tuple[int, int]], torch.Tensor]] = {
+_FULL: dict[str, Callable[[bytes, tuple[int, int] | None, tuple[int, int]], torch.Tensor]] = {
     "fastload": _decode_fastload,
     "simplejpeg": _decode_simplejpeg,
     "torchvision": _decode_torchvision,
@@ -138,15 +190,24 @@ def decode(data: bytes, decoder: str = "auto", min_size: tuple[int, int] = (0, 0
 
     ``min_size`` = ``(width, height)``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale if
     that keeps at least this many pixels; ``(0, 0)`` means full resolution. Non-JPEG data
-    always goes to Pillow.
+    and JPEGs that libjpeg cannot turn into RGB (CMYK) go to Pillow.
 
     Raises:
-        ImageDecodeError: corrupt, truncated or non-image data.
+        ImageDecodeError: corrupt, truncated or non-image data (what each decoder detects:
+            see the module's docstring), or an image over :data:`MAX_IMAGE_PIXELS`.
     """
     name = resolve(decoder)
-    if name != "pillow" and not is_jpeg(data):
+    size = None
+    if is_jpeg(data):
+        width, height, rgb = jpeg_header(data)
+        size = (width, height)
+        if not rgb:
+            name = "pillow"
+    else:
         name = "pillow"
     try:
-        return _FULL[name](data, min_size)
+        return _FULL[name](data, size, min_size)
+    except ImageDecodeError:
+        raise
     except Exception as exc:
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes) with {name}: {exc}") from exc

@@ -8,6 +8,13 @@ leaves at least the output resolution over the crop, resizes with antialiasing i
 ``uint8`` and flips. Formats other than RGB-convertible JPEG take the unfused path:
 full decode with the chosen decoder, then the same crop, resize and flip.
 
+Corrupt data raises ``ImageDecodeError`` as with the ``fastload`` decoder in the rows
+decoded (down to the crop's last one); below the crop, which is not decoded, the bytes
+must still end with the EOI marker and hold no stray marker: a truncated file, or random
+garbage, fails whichever crop is drawn. Garbage below the crop that holds no 0xFF byte
+goes unseen. The header's size is checked against ``decoders.MAX_IMAGE_PIXELS`` before
+anything else.
+
 NOTE [ GPU decode ]
 
 With ``device="cuda"`` (and CUDA usable) a worker only reads the JPEG header and draws
@@ -62,15 +69,11 @@ def _shape_only(height: int, width: int) -> torch.Tensor:
 
 
 def _rgb_jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG libjpeg can decode to RGB; None for other data."""
+    """(width, height) of a JPEG libjpeg can decode to RGB; None for other data. Raises
+    ``ImageDecodeError`` for a bad header or one over ``decoders.MAX_IMAGE_PIXELS``."""
     if not decoders.is_jpeg(data):
         return None
-    from fastload import _ext
-
-    try:
-        width, height, _, rgb = _ext.jpeg_header(data)
-    except ValueError as exc:
-        raise decoders.ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
+    width, height, rgb = decoders.jpeg_header(data)
     return (width, height) if rgb else None
 
 

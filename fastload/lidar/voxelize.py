@@ -50,7 +50,9 @@ class Voxelizer:
     (M,)`` int32; with ``return_point_voxel_id``, ``point_voxel_id (N,)`` int64 (-1 for a
     point out of range or whose voxel was refused by ``max_voxels``; a point dropped only
     because its voxel was full keeps the voxel's id). Outputs are fresh arrays; the
-    hash table and scratch buffers are kept between calls. Thread-safe (serialised).
+    hash table and scratch buffers are kept between calls. Thread-safe: calls on one
+    object from several threads are serialised, and a thread waits for its turn without
+    holding the GIL.
 
     Raises:
         ValueError: a non-positive or non-finite voxel size, an empty range, bad caps, or
