@@ -1,5 +1,6 @@
 # `make bench`: set up .venv if needed, then compare fastload with torch's DataLoader.
 # `make test`:  set up .venv if needed, then run the whole test suite.
+# `make check`: `make test`, then `make sanitize` (what CI runs).
 # `make sanitize`: build fastload._ext with AddressSanitizer + UBSan (in build/sanitize/,
 #   the in-place build stays) and run the tests that drive it; fails on any report.
 PYTHON ?= python3
@@ -7,11 +8,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastload-installed
 # Pillow-SIMD replaces PIL/ in the venv; a stock Pillow of the version torchvision pulled
-# stays in $(STOCK_PILLOW) so the bench can run torch's baseline on both (ENVIRONMENT.md).
+# stays in $(STOCK_PILLOW) so the bench can run torch's baseline on both. (Both packages own
+# PIL/, so Pillow-SIMD cannot be a plain dependency: it is force-installed over Pillow.)
 PILLOW_SIMD := pillow-simd==12.1.1.post0
 STOCK_PILLOW := $(VENV)/stock-pillow
 
-.PHONY: bench test setup clean sanitize
+.PHONY: bench test setup clean sanitize check
 
 setup: $(STAMP)
 
@@ -34,6 +36,9 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# What CI runs (.ci/run): the whole suite, then the sanitizer run.
+check: test sanitize
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastload/*.so

@@ -2,7 +2,7 @@
 
 It links the system libjpeg-turbo (Debian/Ubuntu: ``apt-get install libjpeg62-turbo-dev``
 or ``libjpeg-turbo8-dev``) and needs no torch headers: the build is quick and is not tied
-to one torch ABI (see ../shared/ENVIRONMENT.md).
+to one torch ABI (a torch CppExtension build took 49 s and made 10.7 MB, bound to one torch).
 """
 
 from glob import glob

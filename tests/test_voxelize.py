@@ -216,8 +216,9 @@ class ScanSet(torch.utils.data.Dataset):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_workers_use_the_voxelizer_after_the_main_process_did(context, no_leaks):
-    """The OpenMP-after-fork hazard (ENVIRONMENT.md): the main process voxelizes and runs
-    torch ops, then forked (and spawned: the Voxelizer pickles) workers voxelize too."""
+    """The OpenMP-after-fork hazard (a forked child hangs in its first parallel region once its
+    parent has run one): the main process voxelizes and runs torch ops, then forked (and
+    spawned: the Voxelizer pickles) workers voxelize too."""
     dataset = ScanSet()
     in_main = [dataset[i] for i in range(4)]
     torch.randn(512, 512) @ torch.randn(512, 512)  # an OpenMP parallel region in the parent

@@ -46,7 +46,7 @@ import torch
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
-#: Full-image decoders from fastest to slowest on CPU (ENVIRONMENT.md, README table).
+#: Full-image decoders from fastest to slowest on CPU (measured: the README's decoder table).
 FULL_DECODE_PREFERENCE = ("simplejpeg", "fastload", "torchvision", "pillow")
 DECODERS = ("fastload", "simplejpeg", "torchvision", "pillow")
 

@@ -3,8 +3,8 @@
 NOTE [ Worker lifecycle ]
 
 * Start: ignore SIGINT (Ctrl-C is the main process's to handle: it shuts the pool
-  down), one intra-op thread (see ENVIRONMENT.md: OpenMP regions in a forked child
-  can hang), seed ``random``/``numpy``/``torch`` exactly as torch seeds its workers
+  down), one intra-op thread (a forked child whose parent has run an OpenMP parallel
+  region can hang in its own first one), seed ``random``/``numpy``/``torch`` exactly as torch seeds its workers
   (``base_seed + worker_id``), publish ``torch.utils.data.get_worker_info()``, run
   ``worker_init_fn``.
 * Loop: wait for a message from the main process (see ``messages.py``) and answer every
