@@ -78,6 +78,9 @@ class SettledPositions:
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
+        if self._ends and self._starts[-1] <= start <= self._ends[-1]:  # in order: extends the last range
+            self._ends[-1] = max(self._ends[-1], end)
+            return
         # Merge with every range that overlaps or touches [start, end).
         first = bisect.bisect_left(self._ends, start)
         last = bisect.bisect_right(self._starts, end)

@@ -7,8 +7,11 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastload
+from fastload.resume import SettledPositions
 
 from .datasets import Indices, RandomAugment, Range, Squares
 from .helpers import assert_same
@@ -222,3 +225,16 @@ def test_a_state_that_is_not_fastloads_is_refused():
     with pytest.raises(ValueError, match="state format 'other' is not"):
         fastload.DataLoader(Squares()).load_state_dict(
             {"format": "other", "seed": 1, "epoch": 0, "batches": 0, "settled": {}, "sampler": None, "order": {}})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 10)), max_size=15))
+def test_settled_positions_are_the_positions_added(ranges):
+    settled, positions = SettledPositions(), set()
+    for start, length in ranges:
+        settled.add(start, start + length)
+        positions.update(range(start, start + length))
+    beyond = settled.beyond_prefix()
+    assert set(range(settled.prefix)) | {p for start, end in beyond for p in range(start, end)} == positions
+    assert settled.prefix not in positions
+    assert all(end < next_start for (_, end), (next_start, _) in zip(beyond, beyond[1:]))  # disjoint, apart
