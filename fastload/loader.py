@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
@@ -26,11 +27,16 @@ from .resume import (
     ResumePoint,
     batching_of,
     check_same_order,
+    decode_generator_state,
+    encode_generator_state,
     epoch_tasks,
     order_description,
+    remaining_batches,
+    sampler_roles,
+    settled_from_state,
 )
 from .sample_errors import POLICIES, ErrorLog, SampleFailure
-from .samplers import RandomSampler, ResumableSampler, SequentialSampler
+from .samplers import RandomSampler, SequentialSampler, checked_count
 from .seeding import draw_seed, mix_seed
 from .telemetry import EpochTelemetry, LoaderStats
 
@@ -219,26 +225,7 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"pin_memory_device is deprecated in torch; use device={self.pin_memory_device!r} "
                 "to get batches on that device."
             )
-        epoch = self._next_epoch
-        self._next_epoch += 1
-        resume, self._resume = self._resume, None
-        batching = batching_of(self)
-        streams = max(1, self.num_workers) if batching.unit == "items" else None
-        self._progress = EpochProgress(epoch, resume, streams)
-        self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
-        self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
-        base_seed = mix_seed(self._seed, epoch, "workers")
-        batches: Iterator[Any] = self._make_iterator(base_seed, self._epoch_tasks(batching, resume), resume)
-        if self.batch_transform is not None:
-            batches = MappedIterator(batches, self.batch_transform)
-        source = transfer_stage(
-            batches,
-            pin_memory=self.pin_memory,
-            device=self.device,
-            depth=self.device_prefetch,
-            warn_once=self._warn_once,
-            telemetry=self._telemetry,
-        )
+        source = self._start_epoch()
         if self.persistent_workers and self.num_workers > 0:
             live = self._iterator() if self._iterator is not None else None
             if live is not None:
@@ -249,20 +236,51 @@ class DataLoader(torch.utils.data.DataLoader):
             return live
         return EpochIterator(source, self._progress, self._telemetry)
 
-    def _epoch_tasks(self, batching: Batching, resume: ResumePoint | None) -> Iterator[tuple[Any, Any]]:
-        """(task, positions) pairs of the epoch (NOTE [ Resume ])."""
-        if batching.unit != "items":
-            return epoch_tasks(batching, resume)
-        # An iterable dataset's placeholder tasks; each draws this many items from its stream.
-        size = self.batch_size if self._auto_collation else 1
-        return ((task, size) for task in self._index_sampler)
+    def _start_epoch(self) -> Iterator[Any]:
+        """The next epoch's batches, through every stage. The loader (its epoch, the
+        resume point, errors, telemetry and the sampler) is left as it was if they cannot
+        be started: trying again starts the same epoch."""
+        before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry
+        epoch, resume = self._next_epoch, self._resume
+        batching = batching_of(self)
+        roles = sampler_roles(batching)
+        generator = getattr(roles.seeded, "generator", None)
+        streams = max(1, self.num_workers) if batching.unit == "items" else None
+        progress = EpochProgress(epoch, resume, streams)
+        # The epoch's order starts here, whenever the samplers begin to draw it (NOTE [ Resume ]).
+        if roles.resumable is not None:
+            progress.sampler_epoch = roles.resumable.next_epoch()
+        if isinstance(generator, torch.Generator):
+            progress.generator_state = generator.get_state()
+        self._next_epoch, self._resume, self._progress = epoch + 1, None, progress
+        self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
+        self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
+        try:
+            batches: Iterator[Any] = self._make_iterator(mix_seed(self._seed, epoch, "workers"), batching, resume)
+            if self.batch_transform is not None:
+                batches = MappedIterator(batches, self.batch_transform)
+            return transfer_stage(batches, pin_memory=self.pin_memory, device=self.device, depth=self.device_prefetch,
+                                  warn_once=self._warn_once, telemetry=self._telemetry)
+        except BaseException:
+            self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry = before
+            if progress.generator_state is not None:
+                generator.set_state(progress.generator_state)
+            raise
 
-    def _make_iterator(self, base_seed: int, tasks: Iterator[tuple[Any, Any]],
-                       resume: ResumePoint | None) -> LoaderIterator:
+    def _make_iterator(self, base_seed: int, batching: Batching, resume: ResumePoint | None) -> LoaderIterator:
+        tasks: Callable[[], Iterator[tuple[Any, Any]]]
+        length: Callable[[], int]
+        if batching.unit == "items":
+            size = self.batch_size if self._auto_collation else 1
+            tasks = functools.partial(_stream_tasks, self._index_sampler, size)
+            length = functools.partial(len, self._index_sampler)
+        else:
+            tasks = functools.partial(epoch_tasks, batching, resume)
+            length = functools.partial(remaining_batches, batching, resume, self._index_sampler)
         if self.num_workers == 0:
-            return InProcessIterator(self, base_seed, tasks, resume)
+            return InProcessIterator(self, base_seed, tasks, resume, length)
         self.check_worker_number_rationality()
-        return PoolIterator(self, base_seed, tasks, resume, self._lease_pool)
+        return PoolIterator(self, base_seed, tasks, resume, length, self._lease_pool)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the loader is: a small JSON-serialisable dict (NOTE [ Resume ]).
@@ -275,7 +293,10 @@ class DataLoader(torch.utils.data.DataLoader):
         between batches, from the training loop.
         """
         batching = batching_of(self)
+        roles = sampler_roles(batching)
         progress = self._progress
+        generator = getattr(roles.seeded, "generator", None)
+        generator_state = generator.get_state() if isinstance(generator, torch.Generator) else None
         if progress is None:  # nothing iterated since construction or load_state_dict
             epoch, finished, point = self._next_epoch, False, self._resume or ResumePoint()
         elif progress.finished:
@@ -285,6 +306,7 @@ class DataLoader(torch.utils.data.DataLoader):
             point = ResumePoint(progress.settled.prefix, progress.settled.beyond_prefix(),
                                 stream_items=progress.stream_items, next_stream=progress.next_stream,
                                 batches=progress.batches)
+            generator_state = progress.generator_state
         if batching.unit == "items":
             streams = max(1, self.num_workers)
             settled: dict[str, Any] = {"stream_items": list(point.stream_items or [0] * streams),
@@ -292,12 +314,14 @@ class DataLoader(torch.utils.data.DataLoader):
         else:
             settled = {"prefix": point.prefix, "beyond": [list(r) for r in point.beyond]}
         sampler_state = None
-        if isinstance(batching.sampler, ResumableSampler):
-            sampler_state = batching.sampler.state_dict()
+        if roles.resumable is not None:
+            sampler_state = roles.resumable.state_dict()
             del sampler_state["start"]  # the loader's own positions say where to start
-            sampler_state["epoch"] += 1 if finished else 0
+            sampler_state["epoch"] = roles.resumable.next_epoch() if progress is None else \
+                progress.sampler_epoch + (1 if finished else 0)
         return {"format": STATE_FORMAT, "seed": self._seed, "epoch": epoch, "batches": point.batches,
-                "settled": settled, "sampler": sampler_state, "order": order_description(self, batching)}
+                "settled": settled, "sampler": sampler_state, "generator": encode_generator_state(generator_state),
+                "order": order_description(self, batching)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next ``iter(loader)`` delivers exactly the
@@ -306,44 +330,80 @@ class DataLoader(torch.utils.data.DataLoader):
 
         ``batch_size`` and ``num_workers`` may differ from the loader that took the state
         (an ``IterableDataset`` needs the same ``num_workers``). fastload samplers jump
-        straight to the position. Other samplers are replayed (their indices only, cheap)
-        and an ``IterableDataset``'s worker streams re-read and discard the items they had
-        given; both say so once, and are exact only if that sampler or dataset repeats its
-        order.
+        straight to the position. Other samplers are replayed (their indices only, cheap),
+        a torch sampler's generator from the state it had when the epoch began, and an
+        ``IterableDataset``'s worker streams re-read and discard the items they had given;
+        both say so once. Nothing changes unless the whole state loads.
 
         Raises:
+            TypeError: ``state`` is not a mapping.
             KeyError: a key of the state is missing.
-            ValueError: not a fastload DataLoader state, or one this loader cannot resume
-                exactly (another dataset length, sampler, batching or number of worker
-                streams), named in the message.
+            ValueError: not a fastload DataLoader state, a malformed one (each field is
+                checked), or one this loader cannot resume exactly (another dataset length,
+                sampler, batching or number of worker streams; a torch sampler drawing from
+                the global RNG, mid-epoch), named in the message.
         """
-        missing = {"format", "seed", "epoch", "batches", "settled", "sampler", "order"} - set(state)
+        where = "DataLoader.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{where}: state must be a mapping (what state_dict() returns), got {type(state).__name__}")
+        missing = {"format", "seed", "epoch", "batches", "settled", "sampler", "generator", "order"} - set(state)
         if missing:
-            raise KeyError(f"DataLoader.load_state_dict: state lacks {sorted(missing)} (a state from "
-                           "fastload.DataLoader.state_dict() has them all)")
+            raise KeyError(f"{where}: state lacks {sorted(missing)} (a state from fastload.DataLoader.state_dict() "
+                           "has them all)")
         if state["format"] != STATE_FORMAT:
-            raise ValueError(f"DataLoader.load_state_dict: state format {state['format']!r} is not "
-                             f"{STATE_FORMAT!r}, the only one this version reads")
+            raise ValueError(f"{where}: state format {state['format']!r} is not {STATE_FORMAT!r}, the only one this "
+                             "version reads")
         batching = batching_of(self)
+        roles = sampler_roles(batching)
+        if not isinstance(state["order"], Mapping):
+            raise ValueError(f"{where}: order must be a mapping, got {state['order']!r}")
         check_same_order(state["order"], order_description(self, batching))
-        point = _resume_point(state, batching)
-        if isinstance(batching.sampler, ResumableSampler):
-            if state["sampler"] is None:
-                raise ValueError("DataLoader.load_state_dict: the state holds no sampler state for this loader's "
-                                 f"{type(batching.sampler).__name__}")
-            batching.sampler.load_state_dict({**state["sampler"], "start": point.prefix})
-            point.jumped = True
-        self._seed = int(state["seed"])
-        self._next_epoch = int(state["epoch"])
-        self._progress = None
-        self._resume = point
+        seed = checked_count(state["seed"], f"{where}: seed")
+        epoch = checked_count(state["epoch"], f"{where}: epoch")
+        sampler_state = state["sampler"]
+        bound = len(batching.sampler) if isinstance(batching.sampler, Sized) else None
+        if roles.resumable is not None:
+            if not isinstance(sampler_state, Mapping) or "config" not in sampler_state:
+                raise ValueError(f"{where}: sampler must be the state of this loader's "
+                                 f"{type(roles.resumable).__name__} (with its config), got {sampler_state!r}")
+            if roles.jumps:
+                bound = roles.resumable.epoch_length(checked_count(sampler_state.get("epoch"), f"{where}: "
+                                                                   "sampler.epoch"))
+        point = settled_from_state(state, batching, bound, max(1, self.num_workers))
+        generator = getattr(roles.seeded, "generator", None)
+        generator_state = None
+        if roles.seeded is not None and (point.prefix or point.beyond):
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(
+                    f"{where}: {type(roles.seeded).__name__} has no generator of its own, so its order came from "
+                    "torch's global random generator and cannot be drawn again: this state cannot resume it "
+                    "mid-epoch. Give the sampler generator=torch.Generator(), or use shuffle=True or "
+                    "fastload.RandomSampler, which resume exactly.")
+            if state["generator"] is None:
+                raise ValueError(f"{where}: the state holds no generator state for this loader's "
+                                 f"{type(roles.seeded).__name__}")
+        if isinstance(generator, torch.Generator) and state["generator"] is not None:
+            generator_state = decode_generator_state(state["generator"], generator)
+        # Everything is checked: now change things (the sampler checks its own state first).
+        if roles.resumable is not None:
+            roles.resumable.load_state_dict({**sampler_state, "start": point.prefix if roles.jumps else 0})
+            point.jumped = roles.jumps
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        self._seed, self._next_epoch, self._progress, self._resume = seed, epoch, None, point
         if point.stream_items is not None and any(point.stream_items):
             self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards the "
                             f"{sum(point.stream_items)} items its worker streams had given.")
         elif point.prefix and not point.jumped:
+            if generator_state is not None:
+                exact = "from its generator's state at the epoch's start"
+            elif roles.resumable is not None:
+                exact = f"with its {type(roles.resumable).__name__} set to the epoch"
+            else:
+                exact = "exact only if it repeats its order"
             self._warn_once(
                 f"fastload: {type(batching.sampler).__name__} cannot jump to a position; replaying its first "
-                f"{point.prefix} items to resume (exact only if it repeats its order)."
+                f"{point.prefix} items to resume ({exact})."
             )
 
     def _lease_pool(self, base_seed: int, skip_items: list[int] | None) -> PoolLease:
@@ -397,28 +457,9 @@ def _nothing() -> None:
     pass
 
 
-def _resume_point(state: Mapping[str, Any], batching: Batching) -> ResumePoint:
-    """The settled positions of ``state``, checked."""
-    settled = state["settled"]
-    batches = int(state["batches"])
-    if batches < 0:
-        raise ValueError(f"DataLoader.load_state_dict: batches must be >= 0, got {batches}")
-    if batching.unit == "items":
-        items = [int(n) for n in settled["stream_items"]]
-        if any(n < 0 for n in items):
-            raise ValueError(f"DataLoader.load_state_dict: stream_items must be >= 0, got {items}")
-        return ResumePoint(stream_items=items, next_stream=int(settled["next_stream"]), batches=batches)
-    prefix = int(settled["prefix"])
-    beyond = [(int(start), int(end)) for start, end in settled["beyond"]]
-    previous_end = prefix
-    for start, end in beyond:
-        if not previous_end < start < end:
-            raise ValueError(f"DataLoader.load_state_dict: settled ranges must be increasing and beyond the prefix "
-                             f"{prefix}, got {beyond}")
-        previous_end = end
-    if prefix < 0:
-        raise ValueError(f"DataLoader.load_state_dict: the settled prefix must be >= 0, got {prefix}")
-    return ResumePoint(prefix, beyond, batches=batches)
+def _stream_tasks(placeholders: Iterable[Any], size: int) -> Iterator[tuple[Any, int]]:
+    """An iterable dataset's tasks: each draws ``size`` items from its worker's stream."""
+    return ((task, size) for task in placeholders)
 
 
 #: A list/dict/tuple/set attribute of the dataset with this many items is worth a warning.

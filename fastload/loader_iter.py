@@ -63,10 +63,14 @@ class EpochIterator:
 
     def __next__(self) -> Any:
         requested = time.perf_counter() if self._telemetry is not None else 0.0
+        yields = self._progress.yields
         try:
             batch = next(self._source)
         except StopIteration:
             self._progress.finish()
+            raise
+        except BaseException:
+            self._progress.lost_since(yields)  # a stage above the loader's iterator raised for its batch
             raise
         self._progress.handed()
         if self._telemetry is not None:
@@ -94,13 +98,15 @@ class MappedIterator:
 class LoaderIterator:
     """Common part: tasks, progress, base seed, length and the IterableDataset length check.
 
-    ``tasks`` yields ``(task, positions)``: the indices (or, for an iterable dataset, the
+    ``tasks()`` yields ``(task, positions)``: the indices (or, for an iterable dataset, the
     batch-sized placeholder) and what the task covers (NOTE [ Resume ]; for an iterable
-    dataset, the number of items it draws from its stream).
+    dataset, the number of items it draws from its stream). A subclass calls it once what
+    can fail is set up, so that a failed start leaves the sampler as it was. ``length``:
+    how many batches the epoch has (those left, after a resume), asked only by ``len()``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
-                 resume: ResumePoint | None) -> None:
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+                 resume: ResumePoint | None, length: Callable[[], int]) -> None:
         self._dataset = loader.dataset
         self._errors: ErrorLog = loader._error_log
         self._telemetry: EpochTelemetry | None = loader._telemetry
@@ -108,7 +114,9 @@ class LoaderIterator:
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
-        self._tasks = tasks
+        self._make_tasks = tasks
+        self._tasks: Iterator[tuple[Any, Any]] = iter(())
+        self._length = length
         self._base_seed = base_seed
         self._num_yielded = resume.batches if resume is not None else 0
         #: iterable datasets: items each worker stream must skip (it had given them before a resume)
@@ -118,7 +126,7 @@ class LoaderIterator:
         return self
 
     def __len__(self) -> int:
-        return len(self._index_sampler)
+        return self._length()
 
     def __next__(self) -> Any:
         data = self._next_data()
@@ -143,9 +151,9 @@ class LoaderIterator:
 class InProcessIterator(LoaderIterator):
     """``num_workers=0``: samples are fetched and collated in the calling thread."""
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
-                 resume: ResumePoint | None) -> None:
-        super().__init__(loader, base_seed, tasks, resume)
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+                 resume: ResumePoint | None, length: Callable[[], int]) -> None:
+        super().__init__(loader, base_seed, tasks, resume, length)
         self._collate_fn = loader.collate_fn
         self._fetcher = SampleFetcher(
             self._dataset,
@@ -158,6 +166,7 @@ class InProcessIterator(LoaderIterator):
             stream="the main process",
         )
         self._fetcher.start_epoch(self._base_seed, self._skip_items[0] if self._skip_items else 0)
+        self._tasks = self._make_tasks()
 
     def _next_data(self) -> Any:
         while True:
@@ -204,9 +213,10 @@ class PoolIterator(LoaderIterator):
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Iterator[tuple[Any, Any]],
-                 resume: ResumePoint | None, lease_pool: Callable[[int, list[int] | None], PoolLease]) -> None:
-        super().__init__(loader, base_seed, tasks, resume)
+    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+                 resume: ResumePoint | None, length: Callable[[], int],
+                 lease_pool: Callable[[int, list[int] | None], PoolLease]) -> None:
+        super().__init__(loader, base_seed, tasks, resume, length)
         lease = lease_pool(self._base_seed, self._skip_items)
         pool = self._pool = lease.pool
         self._owns_pool = lease.owned
@@ -229,6 +239,7 @@ class PoolIterator(LoaderIterator):
             if not lease.fresh:
                 pool.reactivate()
                 pool.start_epoch(self._base_seed, self._first_task, self._skip_items)
+            self._tasks = self._make_tasks()
             for _ in range(self._max_outstanding):
                 self._dispatch()
         except BaseException:
@@ -301,8 +312,9 @@ class PoolIterator(LoaderIterator):
                 self._next_to_yield += 1
                 return self._answers.pop(self._next_to_yield - 1)
             if not self._sent:
-                if self._answers:  # only reachable out of order
-                    return self._answers.pop(min(self._answers))
+                if self._answers:  # in order, every task up to the last answered was yielded
+                    raise RuntimeError(f"fastload internal error: answers to tasks {sorted(self._answers)} are "
+                                       f"left while task {self._next_to_yield} was never answered")
                 return None
             try:
                 answer = self._pool.receive(self._timeout)

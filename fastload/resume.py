@@ -32,10 +32,24 @@ order of delivery (with ``drop_last``, the incomplete batch that is dropped is t
 one the resumed loader forms). Iterable streams skip the items they had given, in each
 worker, before the first task.
 
+The order of the epoch must come out the same again. A fastload sampler is told its
+epoch (and jumps to the prefix); one inside a batch sampler of the user's is told its
+epoch and the batch sampler is replayed. A torch sampler with a ``generator`` (torch's
+``RandomSampler``, ``WeightedRandomSampler``, ``SubsetRandomSampler``) gets the
+generator's state at the epoch's start back before it is replayed: the state holds it
+(about 7 KB of base64). One whose ``generator`` is None draws from torch's global RNG,
+which no state can give back: resuming it mid-epoch is refused. Any other sampler is
+replayed and must repeat its order by itself (a warning says so).
+
 What a resumed loader cannot reproduce is refused, with a ``ValueError`` naming it: a
-dataset of another length, another sampler (kind or configuration), a change between
-the units above, and for an ``IterableDataset`` another number of worker streams (each
-worker yields its own shard).
+dataset of another length, another sampler (class, length, batch size or
+configuration), a change between the units above, and for an ``IterableDataset``
+another number of worker streams (each worker yields its own shard). A state that is
+not well formed is refused likewise, and nothing changes unless it all loads.
+
+A batch lost between the loader's iterator and the user (``batch_transform``, pinning or
+the device copy raised for it, and the user carried on) is not settled: a resumed loader
+delivers it.
 
 Exactness is that of the indices and of fastload's seeds. Randomness the dataset draws
 itself is reproduced only where it is seeded per sample (``seed_per_sample=True``) or
@@ -45,6 +59,7 @@ draws from the worker's running RNG state sees other numbers than it would have.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import collections
 import itertools
@@ -52,9 +67,11 @@ from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import BatchSampler
 
-from .samplers import ResumableSampler
+from .samplers import ResumableSampler, checked_count, describe_differences
 
 #: What ``DataLoader.state_dict()`` says it is; anything else is refused by ``load_state_dict``.
 STATE_FORMAT = "fastload.DataLoader/2"
@@ -115,14 +132,18 @@ class ResumePoint:
     next_stream: int = 0
     #: batches handed out before the state was taken
     batches: int = 0
+    #: the replayed torch sampler's generator state at the epoch's start
+    generator_state: torch.Tensor | None = None
+    #: the epoch the loader's fastload sampler iterates (it may begin only at the first batch)
+    sampler_epoch: int = 0
 
 
 class EpochProgress:
     """What the user has of the epoch: the positions settled so far (NOTE [ Resume ]).
 
     The loader's iterator reports each task it yields (``yielded``) or drops
-    (``dropped``), in its order; ``EpochIterator`` reports each hand-out (``handed``) and
-    the end (``finish``).
+    (``dropped``), in its order; ``EpochIterator`` reports each hand-out (``handed``), a
+    batch lost on its way (``lost_since``) and the end (``finish``).
     """
 
     def __init__(self, epoch: int, resume: ResumePoint | None, streams: int | None) -> None:
@@ -134,10 +155,26 @@ class EpochProgress:
         #: iterable datasets: items settled per stream, and the stream of the last settled task
         self.stream_items = list(resume.stream_items or [0] * (streams or 0)) if streams is not None else None
         self.next_stream = resume.next_stream
+        self.generator_state = resume.generator_state
+        self.sampler_epoch = resume.sampler_epoch
         self._events: collections.deque[tuple[bool, Positions]] = collections.deque()
+        #: tasks yielded so far (``lost_since`` compares against it)
+        self.yields = 0
 
     def yielded(self, positions: Positions) -> None:
         self._events.append((True, positions))
+        self.yields += 1
+
+    def lost_since(self, yields: int) -> None:
+        """An error reached the user after ``yields`` yields: a batch yielded since then
+        never reached them. It is the newest one (a stage that runs ahead hands out the
+        older ones later), and it stays unsettled."""
+        if self.yields == yields:
+            return
+        for k in range(len(self._events) - 1, -1, -1):
+            if self._events[k][0]:
+                del self._events[k]
+                return
 
     def dropped(self, positions: Positions) -> None:
         self._events.append((False, positions))
@@ -185,16 +222,49 @@ def batching_of(loader: Any) -> Batching:
     return Batching("tasks", loader._index_sampler)
 
 
+@dataclass(frozen=True)
+class SamplerRoles:
+    """Who keeps the epoch's order (NOTE [ Resume ])."""
+
+    #: the fastload sampler whose state the loader keeps
+    resumable: ResumableSampler | None = None
+    #: ``resumable`` is the sampler the positions count, so it can start at the prefix
+    jumps: bool = False
+    #: else, a torch sampler whose ``generator`` state the loader keeps
+    seeded: Any = None
+
+
+def sampler_roles(batching: Batching) -> SamplerRoles:
+    outer = batching.sampler
+    inner = getattr(outer, "sampler", None)  # a batch sampler's sampler
+    if isinstance(outer, ResumableSampler):
+        return SamplerRoles(outer, jumps=True)
+    if isinstance(inner, ResumableSampler):
+        return SamplerRoles(inner)
+    seeded = next((s for s in (outer, inner) if hasattr(s, "generator")), None)
+    return SamplerRoles(seeded=seeded)
+
+
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 def order_description(loader: Any, batching: Batching) -> dict[str, Any]:
     """What must be equal between the loader that took a state and the one resuming it."""
     described: dict[str, Any] = {"unit": batching.unit}
     if batching.unit == "items":
         described["streams"] = max(1, loader.num_workers)
         return described
+    sampler = batching.sampler
     described["dataset_length"] = len(loader.dataset) if isinstance(loader.dataset, Sized) else None
-    described["sampler"] = type(batching.sampler).__name__
-    if not isinstance(batching.sampler, ResumableSampler):  # a fastload sampler checks its own configuration
-        described["sampler_length"] = len(batching.sampler) if isinstance(batching.sampler, Sized) else None
+    described["sampler"] = _class_name(sampler)
+    if not isinstance(sampler, ResumableSampler):  # a fastload sampler checks its own configuration
+        described["sampler_length"] = len(sampler) if isinstance(sampler, Sized) else None
+        if hasattr(sampler, "sampler"):  # a batch sampler's own sampler
+            described["inner_sampler"] = _class_name(sampler.sampler)
+        for attribute in ("batch_size", "drop_last"):  # a batch sampler of the user's
+            if isinstance(getattr(sampler, attribute, None), (bool, int)):
+                described[f"sampler_{attribute}"] = getattr(sampler, attribute)
     return described
 
 
@@ -207,12 +277,68 @@ def check_same_order(saved: Mapping[str, Any], current: Mapping[str, Any]) -> No
         "dataset_length": "len(dataset)",
         "sampler": "the sampler's class",
         "sampler_length": "len(sampler)",
+        "inner_sampler": "the batch sampler's sampler's class",
+        "sampler_batch_size": "the batch sampler's batch_size",
+        "sampler_drop_last": "the batch sampler's drop_last",
     }
-    differences = [f"{names.get(key, key)}: {saved.get(key)!r} in the state, {current.get(key)!r} here"
-                   for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    differences = describe_differences(saved, current, names)
     if differences:
         raise ValueError("DataLoader.load_state_dict: this state cannot resume this loader exactly, it was taken "
                          "from a loader that differs in " + "; ".join(differences))
+
+
+def encode_generator_state(state: torch.Tensor | None) -> str | None:
+    return None if state is None else base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def decode_generator_state(text: Any, generator: torch.Generator) -> torch.Tensor:
+    """The generator state ``text`` holds, checked by loading it into a scratch generator
+    of ``generator``'s kind."""
+    try:
+        state = torch.from_numpy(np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8).copy())
+        torch.Generator(device=generator.device).set_state(state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"DataLoader.load_state_dict: generator is not the state of a {generator.device} "
+                         f"torch.Generator: {exc}") from exc
+    return state
+
+
+def settled_from_state(state: Mapping[str, Any], batching: Batching, bound: int | None,
+                       streams: int) -> ResumePoint:
+    """The settled positions ``state`` records, checked: counts are whole numbers >= 0,
+    ranges increase beyond the prefix and stay within ``bound`` positions."""
+    settled = state["settled"]
+    if not isinstance(settled, Mapping):
+        raise ValueError(f"DataLoader.load_state_dict: settled must be a mapping, got {settled!r}")
+    batches = checked_count(state["batches"], "DataLoader.load_state_dict: batches")
+    where = "DataLoader.load_state_dict: settled"
+    try:
+        if batching.unit == "items":
+            items = [checked_count(n, f"{where}.stream_items[{k}]") for k, n in enumerate(settled["stream_items"])]
+            if len(items) != streams:
+                raise ValueError(f"{where}.stream_items has {len(items)} entries for {streams} worker streams")
+            next_stream = checked_count(settled["next_stream"], f"{where}.next_stream")
+            if next_stream >= streams:
+                raise ValueError(f"{where}.next_stream is {next_stream}, beyond the {streams} worker streams")
+            return ResumePoint(stream_items=items, next_stream=next_stream, batches=batches)
+        prefix = checked_count(settled["prefix"], f"{where}.prefix")
+        beyond = []
+        for k, pair in enumerate(settled["beyond"]):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"{where}.beyond[{k}] must be a [start, end] pair, got {pair!r}")
+            beyond.append((checked_count(pair[0], f"{where}.beyond[{k}][0]"),
+                           checked_count(pair[1], f"{where}.beyond[{k}][1]")))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where} is malformed for an epoch of {batching.unit} ({exc!r}): {settled!r}") from exc
+    previous_end = prefix
+    for start, end in beyond:
+        if not previous_end < start < end:
+            raise ValueError(f"{where}.beyond must hold increasing, disjoint ranges after the prefix {prefix}, "
+                             f"got {beyond}")
+        previous_end = end
+    if bound is not None and previous_end > bound:
+        raise ValueError(f"{where} reaches position {previous_end}, beyond the {bound} of this epoch")
+    return ResumePoint(prefix, beyond, batches=batches)
 
 
 def epoch_tasks(batching: Batching, resume: ResumePoint | None) -> Iterator[tuple[Any, Positions]]:
@@ -278,3 +404,17 @@ def _ranges(positions: list[int]) -> Positions:
         previous = position
     ranges.append((start, previous + 1))
     return tuple(ranges)
+
+
+def remaining_batches(batching: Batching, resume: ResumePoint | None, index_sampler: Any) -> int:
+    """``len()`` of an epoch's iterator: the index sampler's (torch's rule), less the
+    batches a resume leaves out."""
+    full = len(index_sampler)
+    if resume is None or not (resume.prefix or resume.beyond):
+        return full
+    settled = resume.prefix + sum(end - start for start, end in resume.beyond)
+    if batching.unit == "tasks":
+        return max(0, full - settled)
+    assert batching.batch_size is not None
+    left = max(0, len(batching.sampler) - settled)
+    return left // batching.batch_size if batching.drop_last else -(-left // batching.batch_size)

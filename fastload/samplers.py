@@ -44,6 +44,21 @@ __all__ = [
 ]
 
 
+def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         names: Mapping[str, str] | None = None) -> list[str]:
+    """One phrase per key whose value differs between ``saved`` (a state) and ``current``."""
+    names = names or {}
+    return [f"{names.get(key, key)}: {saved.get(key)!r} in the state, {current.get(key)!r} here"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def checked_count(value: Any, what: str) -> int:
+    """``value`` if it is a whole number >= 0 (not a bool, float or string), else ValueError naming ``what``."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 class ResumableSampler:
     """The epoch and position bookkeeping every fastload sampler shares.
 
@@ -67,9 +82,17 @@ class ResumableSampler:
         self.epoch = epoch
         self._epoch_fixed = True
 
+    def next_epoch(self) -> int:
+        """The epoch the next iteration will use."""
+        return self.epoch if self._epoch_fixed else self.epoch + 1
+
     def order_config(self) -> dict[str, Any]:
         """Everything besides ``seed`` and ``epoch`` that this sampler's order depends on."""
         raise NotImplementedError
+
+    def epoch_length(self, epoch: int) -> int:
+        """How many items epoch ``epoch`` yields (``len(self)`` unless that depends on the epoch)."""
+        return len(self)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
         """``{"seed", "epoch", "start", "config"}``: the epoch being (or last) iterated, how
@@ -79,27 +102,28 @@ class ResumableSampler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items.
 
+        Nothing changes unless the whole state is valid.
+
         Raises:
             KeyError: ``seed`` or ``epoch`` missing.
-            ValueError: a negative ``start``, or a ``config`` other than this sampler's
-                (another length, batch size, world size, ...): its order would differ.
+            ValueError: ``seed``, ``epoch`` or ``start`` not a whole number >= 0, or a
+                ``config`` other than this sampler's (another length, batch size, world
+                size, ...): its order would differ.
         """
+        name = type(self).__name__
         missing = {"seed", "epoch"} - set(state)
         if missing:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: state lacks {sorted(missing)}")
-        start = int(state.get("start", 0))
-        if start < 0:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: start must be >= 0, got {start}")
+            raise KeyError(f"{name}.load_state_dict: state lacks {sorted(missing)}")
+        seed = checked_count(state["seed"], f"{name}.load_state_dict: seed")
+        epoch = checked_count(state["epoch"], f"{name}.load_state_dict: epoch")
+        start = checked_count(state.get("start", 0), f"{name}.load_state_dict: start")
         if "config" in state:
-            mine = self.order_config()
-            differences = [f"{key}={state['config'].get(key)!r} in the state, {mine.get(key)!r} here"
-                           for key in sorted(set(state["config"]) | set(mine))
-                           if state["config"].get(key) != mine.get(key)]
+            differences = describe_differences(state["config"], self.order_config())
             if differences:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: the state was taken from a sampler "
-                                 f"configured otherwise, so its order would differ: {'; '.join(differences)}")
-        self.seed = int(state["seed"])
-        self.set_epoch(int(state["epoch"]))
+                raise ValueError(f"{name}.load_state_dict: the state was taken from a sampler configured "
+                                 f"otherwise, so its order would differ: {'; '.join(differences)}")
+        self.seed = seed
+        self.set_epoch(epoch)
         self._start = start
 
     def _begin_epoch(self) -> tuple[int, int]:
@@ -407,10 +431,13 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
         return self._counted(self._shuffled(self._sorted_batches(epoch), epoch)[start:])
 
     def __len__(self) -> int:
+        return self.epoch_length(self.epoch)
+
+    def epoch_length(self, epoch: int) -> int:
         if self.batch_size is not None:
             n = len(self.lengths)
             return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        return len(self._sorted_batches(self.epoch))
+        return len(self._sorted_batches(epoch))
 
 
 class DistributedBucketBatchSampler(BucketBatchSampler):
@@ -460,5 +487,5 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
         mine = [group[self.rank] for group in self._shuffled(self._groups(epoch), epoch)]
         return self._counted(mine[start:])
 
-    def __len__(self) -> int:
-        return len(self._groups(self.epoch))
+    def epoch_length(self, epoch: int) -> int:
+        return len(self._groups(epoch))

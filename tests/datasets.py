@@ -291,3 +291,18 @@ class _Shard:
         if v in self.failing:
             raise ValueError(f"item {v} is corrupt")
         return torch.tensor([v])
+
+
+class FailsFirstIter(IterableDataset):
+    """``tensor([v])`` for v in 0..n-1; the first ``iter()`` in the main process raises
+    (a shard server not up yet), later ones work."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.failed = False
+
+    def __iter__(self):
+        if not self.failed and get_worker_info() is None:
+            self.failed = True
+            raise ConnectionError("the shard server is not up yet")
+        return iter(torch.tensor([v]) for v in range(self.n))

@@ -4,6 +4,7 @@ uninterrupted loader yields after k, this epoch and the next ones."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 import fastload
 from fastload.resume import SettledPositions
 
-from .datasets import Indices, RandomAugment, Range, Squares
+from .datasets import FailsFirstIter, Indices, RandomAugment, Range, Squares
 from .helpers import assert_same
 
 
@@ -200,7 +201,8 @@ def test_resume_into_a_dataset_of_another_length_is_refused(shuffle):
 def test_resume_into_another_sampler_is_refused():
     loader = make(Indices(40), 0, batch_size=4, shuffle=True)
     take(loader, 3)
-    with pytest.raises(ValueError, match="the sampler's class: 'RandomSampler' in the state, 'SequentialSampler' here"):
+    with pytest.raises(ValueError, match="the sampler's class: 'fastload.samplers.RandomSampler' in the state, "
+                                         "'fastload.samplers.SequentialSampler' here"):
         make(Indices(40), 0, batch_size=4).load_state_dict(loader.state_dict())
 
 
@@ -224,7 +226,8 @@ def test_resume_of_an_iterable_dataset_with_another_batch_size_continues_at_the_
 def test_a_state_that_is_not_fastloads_is_refused():
     with pytest.raises(ValueError, match="state format 'other' is not"):
         fastload.DataLoader(Squares()).load_state_dict(
-            {"format": "other", "seed": 1, "epoch": 0, "batches": 0, "settled": {}, "sampler": None, "order": {}})
+            {"format": "other", "seed": 1, "epoch": 0, "batches": 0, "settled": {}, "sampler": None, "generator": None,
+             "order": {}})
 
 
 @settings(max_examples=300, deadline=None)
@@ -238,3 +241,194 @@ def test_settled_positions_are_the_positions_added(ranges):
     assert set(range(settled.prefix)) | {p for start, end in beyond for p in range(start, end)} == positions
     assert settled.prefix not in positions
     assert all(end < next_start for (_, end), (next_start, _) in zip(beyond, beyond[1:]))  # disjoint, apart
+
+
+def epochs_of(make_loader, count):
+    loader = make_loader()
+    return [indices_of(loader) for _ in range(count)]
+
+
+def interrupted_in_epoch_1(make_loader, taken, count=3):
+    """Epoch 0 whole, ``taken`` batches of epoch 1, then a new loader resumes: every epoch's indices."""
+    loader = make_loader()
+    first = indices_of(loader)
+    head = indices_of(take(loader, taken))
+    state = json.loads(json.dumps(loader.state_dict()))
+    resumed = make_loader()
+    resumed.load_state_dict(state)
+    return [first, head + indices_of(resumed)] + [indices_of(resumed) for _ in range(count - 2)]
+
+
+class MyBatchSampler(torch.utils.data.BatchSampler):
+    """A user's batch sampler: torch's, subclassed."""
+
+
+@pytest.mark.parametrize("taken", [0, 2])
+def test_a_fastload_sampler_inside_a_users_batch_sampler_resumes_its_epoch(taken):
+    def make():
+        dataset = Indices(24)
+        return fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(fastload.RandomSampler(dataset, seed=3), 4,
+                                                                         False))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "fastload: MyBatchSampler cannot jump", UserWarning)
+        resumed = interrupted_in_epoch_1(make, taken)
+    assert resumed == epochs_of(make, 3)
+
+
+TORCH_SAMPLERS = {
+    "random": lambda d, g: torch.utils.data.RandomSampler(d, generator=g),
+    "weighted": lambda d, g: torch.utils.data.WeightedRandomSampler([i % 5 + 1.0 for i in range(len(d))], len(d),
+                                                                     generator=g),
+    "subset": lambda d, g: torch.utils.data.SubsetRandomSampler(range(0, len(d), 2), generator=g),
+}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("kind", list(TORCH_SAMPLERS))
+def test_torch_samplers_with_a_generator_resume_from_its_state_at_the_epoch_start(kind, batched):
+    def make():
+        dataset = Indices(24)
+        sampler = TORCH_SAMPLERS[kind](dataset, torch.Generator().manual_seed(5))  # a new process: seeded anew
+        if batched:
+            return fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(sampler, 4, False))
+        return fastload.DataLoader(dataset, sampler=sampler, batch_size=4)
+    with pytest.warns(UserWarning, match="from its generator's state at the epoch's start"):
+        resumed = interrupted_in_epoch_1(make, 2)
+    assert resumed == epochs_of(make, 3)
+
+
+def test_a_torch_sampler_without_a_generator_is_refused_mid_epoch():
+    def make():
+        return fastload.DataLoader(Indices(24), sampler=torch.utils.data.RandomSampler(Indices(24)), batch_size=4)
+    loader = make()
+    take(loader, 2)
+    with pytest.raises(ValueError, match="RandomSampler has no generator of its own.*global random generator"):
+        make().load_state_dict(loader.state_dict())
+
+
+def test_a_users_batch_sampler_with_another_batch_size_is_refused():
+    dataset = Indices(23)
+    loader = fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(torch.utils.data.SequentialSampler(dataset),
+                                                                       6, False))
+    take(loader, 2)
+    other = fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(torch.utils.data.SequentialSampler(dataset),
+                                                                      7, False))  # also 4 batches
+    with pytest.raises(ValueError, match="the batch sampler's batch_size: 6 in the state, 7 here"):
+        other.load_state_dict(loader.state_dict())
+
+
+def test_torchs_and_fastloads_samplers_of_one_name_are_told_apart():
+    loader = make(Indices(20), 0, batch_size=4, shuffle=True)
+    take(loader, 2)
+    other = fastload.DataLoader(Indices(20), sampler=torch.utils.data.RandomSampler(Indices(20)), batch_size=4)
+    with pytest.raises(ValueError, match="'fastload.samplers.RandomSampler' in the state, "
+                                         "'torch.utils.data.sampler.RandomSampler' here"):
+        other.load_state_dict(loader.state_dict())
+
+
+def forged(state, path, value):
+    state = json.loads(json.dumps(state))
+    *parents, key = path
+    target = state
+    for parent in parents:
+        target = target[parent]
+    if value is KeyError:
+        del target[key]
+    else:
+        target[key] = value
+    return state
+
+
+BAD_STATES = [
+    (("epoch",), "one", ValueError, "epoch must be a whole number >= 0"),
+    (("epoch",), -1, ValueError, "epoch must be a whole number >= 0"),
+    (("epoch",), 1.5, ValueError, "epoch must be a whole number >= 0"),
+    (("seed",), True, ValueError, "seed must be a whole number >= 0"),
+    (("batches",), "3", ValueError, "batches must be a whole number >= 0"),
+    (("settled", "prefix"), 2.7, ValueError, "settled.prefix must be a whole number >= 0"),
+    (("settled", "prefix"), 10**6, ValueError, "reaches position 1000000, beyond the 40 of this epoch"),
+    (("settled", "beyond"), [[30, 50]], ValueError, "reaches position 50, beyond the 40"),
+    (("settled", "beyond"), [[2, 6]], ValueError, "increasing, disjoint ranges after the prefix 8"),
+    (("settled", "beyond"), [12], ValueError, r"beyond\[0\] must be a \[start, end\] pair"),
+    (("settled", "beyond"), KeyError, ValueError, "settled is malformed"),
+    (("settled",), 3, ValueError, "settled must be a mapping"),
+    (("sampler", "epoch"), -2, ValueError, "epoch must be a whole number >= 0"),
+    (("sampler", "config"), KeyError, ValueError, "sampler must be the state of this loader's RandomSampler"),
+    (("sampler",), None, ValueError, "sampler must be the state of this loader's RandomSampler"),
+    (("order",), None, ValueError, "order must be a mapping"),
+    (("generator",), KeyError, KeyError, "generator"),
+]
+
+
+@pytest.mark.parametrize("path, value, error, message", BAD_STATES)
+def test_a_forged_state_is_refused_and_changes_nothing(path, value, error, message):
+    loader = make(Indices(40), 0, batch_size=4, shuffle=True)
+    full = [indices_of(loader) for _ in range(2)]
+    take(loader, 2)
+    state = forged(loader.state_dict(), path, value)
+    fresh = make(Indices(40), 0, batch_size=4, shuffle=True)
+    with pytest.raises(error, match=message):
+        fresh.load_state_dict(state)
+    assert [indices_of(fresh) for _ in range(2)] == full  # as if load_state_dict had not been called
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("settled", "stream_items"), [4], "stream_items has 1 entries for 2 worker streams"),
+    (("settled", "stream_items"), [4, 4, 4], "stream_items has 3 entries for 2 worker streams"),
+    (("settled", "next_stream"), 5, "next_stream is 5, beyond the 2 worker streams"),
+    (("settled", "next_stream"), -1, "next_stream must be a whole number >= 0"),
+])
+def test_a_forged_iterable_state_is_refused(path, value, message):
+    loader = fastload.DataLoader(Range(0, 30), batch_size=4, num_workers=2)
+    take(loader, 3)
+    with pytest.raises(ValueError, match=message):
+        fastload.DataLoader(Range(0, 30), batch_size=4, num_workers=2).load_state_dict(
+            forged(loader.state_dict(), path, value))
+
+
+def test_a_state_that_is_not_a_mapping_is_a_type_error():
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        fastload.DataLoader(Indices(4)).load_state_dict(None)
+
+
+def test_an_iterator_that_failed_to_start_leaves_the_resume_point():
+    loader = fastload.DataLoader(Range(0, 20), batch_size=2)
+    head = indices_of(take(loader, 2))
+    resumed = fastload.DataLoader(FailsFirstIter(20), batch_size=2)
+    with pytest.warns(UserWarning, match="re-reads and discards"):
+        resumed.load_state_dict(loader.state_dict())
+    with pytest.raises(ConnectionError):
+        iter(resumed)
+    assert head + indices_of(resumed) == list(range(20))  # the retry resumes where the state said
+
+
+def test_a_batch_lost_on_its_way_to_the_user_is_not_counted_as_delivered():
+    lost = []
+
+    def transform(batch):
+        if int(batch[0]) == 4 and not lost:
+            lost.append(batch)
+            raise RuntimeError("the GPU augmentation ran out of memory")
+        return batch
+
+    loader = fastload.DataLoader(Indices(20), batch_size=4, batch_transform=transform)
+    it = iter(loader)
+    delivered = indices_of([next(it)])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        next(it)
+    delivered += indices_of([next(it)])  # the user carried on
+    assert delivered == [0, 1, 2, 3, 8, 9, 10, 11]
+    resumed = fastload.DataLoader(Indices(20), batch_size=4)
+    resumed.load_state_dict(loader.state_dict())
+    assert sorted(delivered + indices_of(resumed)) == list(range(20))
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=4), dict(batch_size=4, drop_last=True), dict(batch_size=None),
+                                    dict(batch_size=3, in_order=False, num_workers=2)])
+def test_len_of_a_resumed_epochs_iterator_counts_the_batches_left(kwargs):
+    loader = fastload.DataLoader(Indices(30), **kwargs)
+    take(loader, 2)
+    resumed = fastload.DataLoader(Indices(30), **kwargs)
+    resumed.load_state_dict(loader.state_dict())
+    it = iter(resumed)
+    assert len(it) == len(list(it))

@@ -45,15 +45,15 @@ def test_sampler_state_resumes_its_own_iteration():
 
 
 @pytest.mark.parametrize("saved, resumed, named", [
-    (lambda: fastload.RandomSampler(range(30)), lambda: fastload.RandomSampler(range(31)), "length=30"),
+    (lambda: fastload.RandomSampler(range(30)), lambda: fastload.RandomSampler(range(31)), "length: 30 in the state, 31 here"),
     (lambda: fastload.RandomSampler(range(30)), lambda: fastload.RandomSampler(range(30), num_samples=20),
-     "num_samples=30"),
+     "num_samples: 30 in the state, 20 here"),
     (lambda: fastload.DistributedSampler(range(30), num_replicas=2, rank=0),
-     lambda: fastload.DistributedSampler(range(30), num_replicas=3, rank=0), "num_replicas=2"),
+     lambda: fastload.DistributedSampler(range(30), num_replicas=3, rank=0), "num_replicas: 2 in the state, 3 here"),
     (lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=4),
-     lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=5), "batch_size=4"),
+     lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=5), "batch_size: 4 in the state, 5 here"),
     (lambda: fastload.BucketBatchSampler([3, 1, 2] * 10, batch_size=4),
-     lambda: fastload.BucketBatchSampler([3, 2, 1] * 10, batch_size=4), "lengths_crc32="),
+     lambda: fastload.BucketBatchSampler([3, 2, 1] * 10, batch_size=4), "lengths_crc32: "),
 ])
 def test_a_sampler_state_is_refused_by_a_sampler_configured_otherwise(saved, resumed, named):
     state = saved().state_dict()
@@ -154,7 +154,9 @@ def test_load_state_dict_validates():
     sampler = fastload.SequentialSampler(range(5))
     with pytest.raises(KeyError, match="epoch"):
         sampler.load_state_dict({"seed": 0})
-    with pytest.raises(ValueError, match="start must be >= 0"):
-        sampler.load_state_dict({"seed": 0, "epoch": 0, "start": -1})
+    for bad in ({"start": -1}, {"start": 2.5}, {"start": "3"}, {"epoch": True}, {"seed": -1}):
+        state = {"seed": 0, "epoch": 0, **bad}
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a whole number >= 0"):
+            sampler.load_state_dict(state)
     sampler.load_state_dict({"seed": 0, "epoch": 0, "start": 3})
     assert list(sampler) == [3, 4]
