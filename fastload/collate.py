@@ -200,7 +200,10 @@ _NAMEDTUPLE_METHODS = ("__new__", "__init__", "__getnewargs__", "__reduce__", "_
 
 def _is_plain_namedtuple(cls: type) -> bool:
     """Whether ``cls`` is a namedtuple (or a subclass) that constructs and pickles itself
-    with the methods ``collections.namedtuple`` generated: no user code."""
+    with the methods ``collections.namedtuple`` generated, and whose construction no
+    metaclass of the user's intercepts: no user code."""
+    if type(cls) is not type:
+        return False
     base = next((k for k in cls.__mro__ if "_fields" in vars(k)), None)
     if base is None or base.__bases__ != (tuple,):
         return False

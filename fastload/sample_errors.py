@@ -24,8 +24,11 @@ error text) in ``loader.errors`` for the current epoch, logged once per index on
 An ``IterableDataset`` has no indices: its failures name the item of a worker's stream
 instead. A stream may end with the error: a generator cannot go on once it raised, so
 the rest of that worker's stream is lost. That is recorded as such (``ended_stream``)
-and logged as what it is, not as one sample left out; catch errors inside the generator
-to go on past them.
+and logged as what it is, not as one sample left out, when the stream itself ends: it
+is the generator, or an iterator that ends right after the error. A stream that chains
+several generators (``itertools.chain``) goes on with the next one, so what the raising
+one had left cannot be told from the outside; catch errors inside the generators to go
+on past them.
 """
 
 from __future__ import annotations

@@ -62,6 +62,21 @@ class CheckedPair(namedtuple("CheckedPair", "image label")):
         return super().__new__(cls, image, label)
 
 
+class _Validating(type):
+    """A metaclass whose call (the construction of an instance) validates the fields."""
+
+    def __call__(cls, *fields):
+        for value in fields:
+            _require_tensor(cls.__name__, value)
+        return super().__call__(*fields)
+
+
+class MetaCheckedPair(namedtuple("MetaCheckedPair", "image label"), metaclass=_Validating):
+    """A namedtuple whose metaclass validates its fields: the generated methods, and yet user code."""
+
+    __slots__ = ()
+
+
 class TensorDict(dict):
     """A dict whose ``update`` validates the values."""
 
@@ -81,6 +96,7 @@ class TensorList(list):
 
 CONTAINERS = {
     "validating_namedtuple": lambda image, label: CheckedPair(image, label),
+    "namedtuple_with_a_validating_metaclass": lambda image, label: MetaCheckedPair(image, label),
     "validating_dict": lambda image, label: TensorDict(image=image, label=label),
     "validating_list": lambda image, label: TensorList([image, label]),
 }

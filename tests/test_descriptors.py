@@ -153,3 +153,25 @@ def test_at_the_descriptor_limit_a_worker_raises_torchs_advice(no_leaks):
     assert "Too many open files. A DataLoader worker cannot create the shared memory for a batch. Please increase " \
            "the limit using `ulimit -n` in the shell" in message
     assert [int(batch[0, 0]) for batch in kept] == [0, 4, 8, 12, 16]
+
+
+AT_THE_LIMIT_WHEN_STARTING = """
+    import os, resource
+    import fastload
+    from tests.datasets import Squares
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Room for one worker's pipe, socket and process handle at most: the second cannot start.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
+    try:
+        next(iter(fastload.DataLoader(Squares(16), batch_size=4, num_workers=2)))
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).replace(chr(10), " "))
+"""
+
+
+def test_at_the_descriptor_limit_starting_workers_raises_torchs_advice():
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(AT_THE_LIMIT_WHEN_STARTING)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("RuntimeError Too many open files. A DataLoader cannot start its worker "
+                                    "processes. Please increase the limit using `ulimit -n`"), result.stdout

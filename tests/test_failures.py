@@ -273,3 +273,22 @@ def test_normal_run_leaves_nothing(no_leaks):
     assert len(batches) == 8
     del loader, batches
     gc.collect()
+
+
+def test_workers_forked_after_an_error_do_not_run_the_failed_pools_finalizer():
+    # The failed epoch's pool lives on in a reference cycle (the exception's traceback)
+    # until the garbage collector runs; workers forked meanwhile inherit its finalizer.
+    proc = _run_script("""
+        import fastload
+        from tests.datasets import FailsAt
+        try:
+            list(fastload.DataLoader(FailsAt(bad=3, n=8), batch_size=2, num_workers=1))
+        except ValueError:
+            pass
+        for _ in range(3):
+            assert len(list(fastload.DataLoader(FailsAt(bad=-1, n=64), batch_size=2, num_workers=1))) == 32
+        print("done", flush=True)
+    """)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and stdout.strip() == "done", stderr
+    assert "Exception ignored" not in stderr and "can only test a child process" not in stderr, stderr

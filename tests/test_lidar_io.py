@@ -831,3 +831,44 @@ def test_truncated_open3d_formats_name_the_file(tmp_path, scan, name, options):
 def test_unknown_extension_is_refused(tmp_path):
     with pytest.raises(PointCloudError, match="unknown point-cloud extension '.xyz'"):
         read_point_cloud(tmp_path / "scan.xyz")
+
+
+def ascii_pcd_with(tmp_path, fields: str, types: str, row: str):
+    path = tmp_path / "scan.pcd"
+    count = len(fields.split())
+    path.write_bytes((f"VERSION 0.7\nFIELDS {fields}\nSIZE {' '.join(t[1] for t in types.split())}\n"
+                      f"TYPE {' '.join(t[0] for t in types.split())}\nCOUNT {' '.join(['1'] * count)}\n"
+                      f"WIDTH 1\nHEIGHT 1\nPOINTS 1\nDATA ascii\n{row}\n").encode())
+    return path
+
+
+@pytest.mark.parametrize("types, row, message", [
+    ("F4 F4 F4", "1e39 0 0", "x is '1e39', beyond the float32 range"),
+    ("F8 F4 F4", "1e300 0 0", "x is '1e300', beyond the float32 range"),
+    ("F4 F4 F4", "1_000 0 0", "x is '1_000', not a number"),
+    ("F4 F4 F4 I8", "0 0 0 9223372036854775808", "t is '9223372036854775808', not a value of its type int64"),
+    ("F4 F4 F4 U8", "0 0 0 -1", "t is '-1', not a value of its type uint64"),
+])
+def test_ascii_values_their_type_or_float32_cannot_hold_are_refused(tmp_path, types, row, message):
+    fields = "x y z t" if len(types.split()) == 4 else "x y z"
+    refused(ascii_pcd_with(tmp_path, fields, types, row), message)
+
+
+def test_written_infinities_and_64_bit_extremes_read_as_such(tmp_path):
+    path = ascii_pcd_with(tmp_path, "x y z t", "F4 F4 F8 I8", "inf -Infinity nan -9223372036854775808")
+    cloud = read_pcd(path)
+    assert np.isposinf(cloud.points[0, 0]) and np.isneginf(cloud.points[0, 1]) and np.isnan(cloud.points[0, 2])
+    assert cloud.points[0, 3] == np.float32(-2.0**63)
+
+
+@pytest.mark.parametrize("writer", ["pcd", "ply"])
+def test_binary_doubles_beyond_float32_are_refused(tmp_path, writer):
+    x = np.array([0.0, 1e300], dtype=np.float64)
+    columns = {"x": x, "y": np.zeros(2, np.float32), "z": np.zeros(2, np.float32)}
+    path = tmp_path / f"scan.{writer}"
+    if writer == "pcd":
+        write_pcd(path, columns, "binary")
+        refused(path, "x holds 1e+300, beyond the float32 range")
+    else:
+        write_ply(path, "binary_little_endian", columns)
+        refused(path, "x holds 1e+300, beyond the float32 range")

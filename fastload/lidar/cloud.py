@@ -47,6 +47,7 @@ class AsciiRows:
         widths = np.fromiter(map(len, map(bytes.split, lines)), dtype=np.int64, count=len(lines))
         self.path, self._lines = path, np.flatnonzero(widths) + first_line
         self.values, self.widths = body.split(), widths[widths > 0]
+        self._underscores = b"_" in body  # numpy reads "1_000" as 1000; no point-cloud format writes that
         self._starts = np.concatenate(([0], np.cumsum(self.widths)))
         # A cut in the middle of the last number would otherwise read as a shorter number.
         if len(self.widths) and not body.rstrip(b" \t\r").endswith(b"\n"):
@@ -80,29 +81,53 @@ class AsciiRows:
     def table(self, first: int, values: list[bytes], names: list[str], types: list[np.dtype]) -> np.ndarray:
         """``values``, the rows from ``first`` on, as a float32 table, checked to be numbers of ``types``."""
         width = len(names)
+
+        def refuse(position: int, why: str) -> PointCloudError:
+            return PointCloudError(f"{self.path}: line {self.line(first + position // width)}: "
+                                   f"{names[position % width]} is {values[position].decode(errors='replace')!r}, {why}")
+
         try:
-            table = np.array(values, dtype=np.float32).reshape(-1, width)
+            if self._underscores and any(b"_" in value for value in values):
+                raise ValueError
+            with np.errstate(over="ignore"):
+                table = np.array(values, dtype=np.float32).reshape(-1, width)
         except ValueError:
-            bad = next(i for i, value in enumerate(values) if not is_number(value))
-            raise PointCloudError(f"{self.path}: line {self.line(first + bad // width)}: {names[bad % width]} is "
-                                  f"{values[bad].decode(errors='replace')!r}, not a number") from None
+            raise refuse(next(i for i, value in enumerate(values) if not is_number(value)), "not a number") from None
+        overflowed = np.flatnonzero(np.isinf(table.ravel()))
+        for position in overflowed:  # an inf that the file did not write is a value float32 cannot hold
+            if b"inf" not in values[position].lower():
+                raise refuse(int(position), "beyond the float32 range the points are read into")
         for k, (name, dtype) in enumerate(zip(names, types)):
             if dtype.kind in "iu":
                 column, limits = np.array(values[k::width], dtype=np.float64), np.iinfo(dtype)
                 bad = np.flatnonzero((column != np.floor(column)) | (column < limits.min) | (column > limits.max))
+                if dtype.itemsize == 8 and not len(bad):  # float64 rounds 64-bit limits: compare exactly
+                    bad = [j for j, value in enumerate(values[k::width])
+                           if not limits.min <= int(float(value) if b"." in value or b"e" in value.lower()
+                                                    else int(value)) <= limits.max]
                 if len(bad):
-                    raise PointCloudError(f"{self.path}: line {self.line(first + int(bad[0]))}: {name} is "
-                                          f"{values[k + width * int(bad[0])].decode()!r}, not a value of its type "
-                                          f"{dtype.name}")
+                    raise refuse(k + width * int(bad[0]), f"not a value of its type {dtype.name}")
         return table
 
 
 def is_number(value: bytes) -> bool:
     try:
-        np.array([value], dtype=np.float32)
+        with np.errstate(over="ignore"):
+            np.array([value], dtype=np.float32)
     except ValueError:
         return False
-    return True
+    return b"_" not in value
+
+
+def as_float32(path: str, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as float32, the type points are read into: a finite value beyond its
+    range (it would read as inf) is refused."""
+    if values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        finite = np.abs(values[np.isfinite(values)])
+        if finite.size and finite.max() > np.finfo(np.float32).max:
+            raise PointCloudError(f"{path}: {name} holds {float(finite.max())!r}, beyond the float32 range the "
+                                  "points are read into")
+    return values.astype(np.float32)
 
 
 def check_columns(path: str, columns: list[str]) -> None:

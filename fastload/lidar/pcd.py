@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cloud import WHOLE_NUMBER, AsciiRows, PointCloud, PointCloudError, check_columns, xyz_first
+from .cloud import WHOLE_NUMBER, AsciiRows, PointCloud, PointCloudError, as_float32, check_columns, xyz_first
 
 _PCD_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 _PCD_TYPES = {("F", "4"): "<f4", ("F", "8"): "<f8", ("I", "1"): "i1", ("I", "2"): "<i2", ("I", "4"): "<i4",
@@ -145,7 +145,8 @@ def read_pcd(path: str | os.PathLike[str]) -> PointCloud:
                                   f"need {needed} bytes of data, the file has {held}")
         records = np.frombuffer(data, dtype=layout.record, count=layout.points, offset=offset)
         kept = [name for name, column in zip(layout.record.names, layout.columns) if column is not None]
-        table = np.stack([records[name].astype(np.float32) for name in kept], axis=1)
+        table = np.stack([as_float32(path, layout.columns[layout.record.names.index(name)] or name, records[name])
+                          for name in kept], axis=1)
     else:
         rows = AsciiRows(path, data[offset:], data[:offset].count(b"\n") + 1)
         rows.expect(layout.points, "POINTS (one line each)")

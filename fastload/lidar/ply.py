@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cloud import WHOLE_NUMBER, AsciiRows, PointCloud, PointCloudError, check_columns, xyz_first
+from .cloud import WHOLE_NUMBER, AsciiRows, PointCloud, PointCloudError, as_float32, check_columns, xyz_first
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
@@ -100,7 +100,9 @@ def read_ply(path: str | os.PathLike[str]) -> PointCloud:
     Raises:
         PointCloudError: the header is malformed (format, element counts, property types,
             repeated names), has no vertex element with x, y, z, or does not match the data
-            (truncated, data left over, a list count or an ascii value its type cannot hold).
+            (truncated, data left over, a list count, or an ascii vertex value its type or
+            float32 cannot hold; the values of other elements, which are not read, are checked
+            only for their number).
         OSError: the file cannot be read.
     """
     path = os.fspath(path)
@@ -120,7 +122,7 @@ def read_ply(path: str | os.PathLike[str]) -> PointCloud:
         table = _read_ply_ascii(path, data, offset, header_lines, elements)
     else:
         records = _read_ply_binary(path, data, offset, elements, _PLY_BYTE_ORDERS[encoding])
-        table = np.stack([records[name].astype(np.float32) for name in properties], axis=1)
+        table = np.stack([as_float32(path, name, records[name]) for name in properties], axis=1)
     return xyz_first(table, columns)
 
 

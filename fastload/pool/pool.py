@@ -143,17 +143,24 @@ class WorkerPool:
         #: whether a worker takes new tasks (not after its iterable dataset ran out)
         self._accepting = [True] * config.num_workers
         # Registered first: it sees the lists fill up, so a failed start is cleaned up too.
-        self._finalizer = weakref.finalize(self, _shutdown_processes, self._processes, self._conns, self._socks)
+        self._finalizer = weakref.finalize(self, _shutdown_processes, os.getpid(), self._processes, self._conns,
+                                           self._socks)
         try:
             for worker_id in range(config.num_workers):
                 self._start_worker(worker_id)
         except BaseException:
             self.shutdown(grace=0.0)
             raise
+        self._skip_items = None  # only the first epoch of the first workers skips (a resume)
 
     def _start_worker(self, worker_id: int) -> None:
         """Starts worker ``worker_id``'s process, in a new place or in a dead one's."""
-        main_end, worker_end = self._context.Pipe(duplex=True)
+        try:
+            main_end, worker_end = self._context.Pipe(duplex=True)
+        except OSError as exc:
+            if exc.errno == errno.EMFILE:
+                raise too_many_open_files("A DataLoader cannot start its worker processes.") from exc
+            raise
         # The kernel's parent-death signal fires when the thread that started the process
         # exits: only the main thread lives as long as the process (NOTE [ Worker lifecycle ]).
         die_with_parent = threading.current_thread() is threading.main_thread()
@@ -175,6 +182,10 @@ class WorkerPool:
             # spawn/forkserver pickle the worker's configuration in start(), before any
             # worker runs: say which object could not be sent, not just that one could not.
             raise _unpicklable(self.config, self._context, exc) from exc
+        except OSError as exc:
+            if exc.errno == errno.EMFILE:
+                raise too_many_open_files("A DataLoader cannot start its worker processes.") from exc
+            raise
         finally:
             worker_end.close()  # so that later workers do not inherit it
 
@@ -314,8 +325,10 @@ class WorkerPool:
     def shutdown(self, grace: float = STOP_GRACE) -> None:
         """Stop the workers (idempotent). ``grace=0`` on failure paths: a worker still
         busy then is stuck or irrelevant, and the error should surface now."""
-        if self._finalizer.detach() is not None:
-            _shutdown_processes(self._processes, self._conns, self._socks, grace)
+        detached = self._finalizer.detach()
+        if detached is not None:
+            _, shutdown, args, _ = detached
+            shutdown(*args, grace)
 
 
 def _unpicklable(config: PoolConfig, context: Any, exc: BaseException) -> TypeError:
@@ -386,9 +399,14 @@ def _as_list(indices: Any) -> list[Any]:
 
 
 def _shutdown_processes(
-    processes: list[Any], conns: list[Connection], socks: list[socket.socket], grace: float = STOP_GRACE
+    owner: int, processes: list[Any], conns: list[Connection], socks: list[socket.socket], grace: float = STOP_GRACE
 ) -> None:
-    """See NOTE [ Pool shutdown ]. Module-level so that the finalizer holds no pool."""
+    """See NOTE [ Pool shutdown ]. Module-level so that the finalizer holds no pool.
+
+    Only in ``owner``, the process that made the pool: a forked process (a later pool's
+    worker) inherits the pool's objects and its finalizer, but not its workers."""
+    if os.getpid() != owner:
+        return
     stop = pickle.dumps(messages.Stop())
     for process, conn in zip(processes, conns):
         if process.is_alive():
