@@ -22,7 +22,8 @@ from .conftest import child_pids, wait_until
 from .datasets import Indices, ShardedStream
 
 # Resuming over a replayed sampler or an iterable dataset warns, as it should: not news here.
-pytestmark = pytest.mark.filterwarnings("ignore:fastload. resuming an IterableDataset:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:fastload. resuming an IterableDataset:UserWarning"),
+              pytest.mark.filterwarnings("ignore:fastload. .* cannot jump to a position:UserWarning")]
 
 SETTINGS = settings(max_examples=300, stateful_step_count=6, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -41,10 +42,13 @@ def configurations(draw):
     in_order = draw(st.booleans())
     # Out of order: a slow sample among the first batches makes later ones overtake it.
     slow = tuple(draw(st.sets(st.integers(0, min(n, 12) - 1), max_size=2))) if n and workers and not in_order else ()
+    batch_size = draw(st.sampled_from([1, 2, 3, 4, 6] + ([] if iterable else [None])))
+    # Who orders a map-style epoch: torch's own samplers and a user's batch sampler too.
+    samplers = ["sequential"] + (["shuffle", "torch_random"] if n else []) + (["user_batch_sampler"] if n and batch_size
+                                                                             else [])
     return {
-        "iterable": iterable, "n": n, "failing": failing, "slow": slow,
-        "batch_size": draw(st.sampled_from([1, 2, 3, 4, 6] + ([] if iterable else [None]))),
-        "drop_last": draw(st.booleans()), "shuffle": not iterable and n > 0 and draw(st.booleans()),
+        "iterable": iterable, "n": n, "failing": failing, "slow": slow, "batch_size": batch_size,
+        "drop_last": draw(st.booleans()), "sampler": "stream" if iterable else draw(st.sampled_from(samplers)),
         "in_order": in_order, "num_workers": workers, "persistent_workers": draw(st.booleans()),
         "on_error": on_error,
     }
@@ -56,14 +60,28 @@ def dataset_of(config):
     return Indices(config["n"], slow=config["slow"], delay=0.05, failing=config["failing"])
 
 
+class UsersBatchSampler(torch.utils.data.BatchSampler):
+    """A batch sampler of the user's: torch's, subclassed."""
+
+
 def build(config, generator_seed):
+    """The loader ``config`` describes; ``generator_seed`` seeds its generators (a resumed
+    loader gets another: the state must carry everything)."""
+    dataset = dataset_of(config)
     kwargs = {k: config[k] for k in ("batch_size", "in_order", "num_workers", "on_error")}
     kwargs["persistent_workers"] = config["persistent_workers"] and config["num_workers"] > 0
     if config["batch_size"] is not None:
         kwargs["drop_last"] = config["drop_last"]
-    if config["shuffle"]:
+    if config["sampler"] == "shuffle":
         kwargs["shuffle"] = True
-    return fastload.DataLoader(dataset_of(config), generator=torch.Generator().manual_seed(generator_seed), **kwargs)
+    elif config["sampler"] == "torch_random":
+        kwargs["sampler"] = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(
+            generator_seed))
+    elif config["sampler"] == "user_batch_sampler":
+        sampler = fastload.RandomSampler(dataset, seed=generator_seed)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("batch_size", "drop_last")}
+        kwargs["batch_sampler"] = UsersBatchSampler(sampler, config["batch_size"], config["drop_last"])
+    return fastload.DataLoader(dataset, generator=torch.Generator().manual_seed(generator_seed), **kwargs)
 
 
 def indices(batch) -> list[int]:
@@ -127,8 +145,10 @@ class Resume(RuleBasedStateMachine):
     def save_and_resume(self, workers, batch_size, in_order, persistent, seed):
         state = json.loads(json.dumps(self.loader.state_dict()))
         new = dict(self.config, in_order=in_order, persistent_workers=persistent, num_workers=workers)
-        # A changed batch size is exact in samples; with drop_last the tail that is dropped would differ.
-        if self.config["batch_size"] is not None and batch_size is not None and not self.config["drop_last"]:
+        # A changed batch size is exact in samples; with drop_last the tail that is dropped would differ,
+        # and a user's batch sampler of another batch size is refused.
+        if self.config["batch_size"] is not None and batch_size is not None and not self.config["drop_last"] \
+                and self.config["sampler"] != "user_batch_sampler":
             new["batch_size"] = batch_size
         self.iterator = self.loader = None  # their workers stop now: nothing holds them in a cycle
         resumed = build(new, seed)
