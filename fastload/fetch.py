@@ -3,8 +3,8 @@
 NOTE [ Per-sample seeding ]
 
 With ``seed_per_sample=True`` every call ``dataset[i]`` runs with ``random``, ``numpy``
-and ``torch`` seeded from ``(base_seed, i)``. ``base_seed`` is the loader's seed for the
-epoch (see NOTE [ Resumable sampling ] in ``seeding.py``), so the augmentation of sample
+and ``torch`` seeded from ``(sample_seed, i)``. ``sample_seed`` is the loader's seed for
+the epoch's samples (NOTE [ Seeds ] in ``seeding.py``), so the augmentation of sample
 ``i`` depends on the seed, the epoch and ``i`` only, never on which worker fetched it or
 how many workers there are, and a resumed epoch augments exactly as the original. In the main process (``num_workers=0``)
 the global RNG states are restored after each fetch so that the training loop's own

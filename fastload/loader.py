@@ -25,10 +25,9 @@ from .resume import (
     Batching,
     EpochProgress,
     ResumePoint,
+    SamplerRoles,
     batching_of,
     check_same_order,
-    decode_generator_state,
-    encode_generator_state,
     epoch_tasks,
     order_description,
     remaining_batches,
@@ -37,7 +36,7 @@ from .resume import (
 )
 from .sample_errors import POLICIES, ErrorLog, SampleFailure
 from .samplers import RandomSampler, SequentialSampler, checked_count
-from .seeding import draw_seed, mix_seed
+from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
 
 #: Smallest slot a worker creates (bytes); larger batches get larger slots.
@@ -51,13 +50,15 @@ class DataLoader(torch.utils.data.DataLoader):
     documentation); with ``num_workers > 0`` batches are built by fastload's worker pool
     directly in reusable shared memory and reach the main process without a copy.
 
-    Randomness is a function of one root seed, drawn once from ``generator`` (the global
-    generator if None), and the epoch: ``shuffle=True`` uses :class:`fastload.RandomSampler`
-    (torch's distribution, not torch's exact permutation) and workers are seeded
-    ``epoch_seed + worker_id`` as torch seeds them. So :meth:`state_dict` is a few
-    integers and :meth:`load_state_dict` resumes mid-epoch with exactly the samples not
-    yet delivered (NOTE [ Resume ]); the samples' random augmentations are the same only
-    where they are seeded per sample (``seed_per_sample=True``) or absent.
+    Seeds are drawn as torch draws them (NOTE [ Seeds ]): each ``iter()`` draws the
+    workers' base seed from ``generator`` (torch's global RNG if None; once, with
+    persistent workers), workers are seeded ``base_seed + worker_id`` as torch seeds
+    them, and ``shuffle=True`` uses :class:`fastload.RandomSampler`, torch's index for
+    index. The same generator, or the same global seed, gives torch's data. The state
+    (:meth:`state_dict`) records what an epoch drew, so :meth:`load_state_dict` resumes
+    mid-epoch with exactly the samples not yet delivered (NOTE [ Resume ]); the samples'
+    random augmentations are the same only where they are seeded per sample
+    (``seed_per_sample=True``) or absent.
 
     As with torch, a persistent loader (``persistent_workers=True``, ``num_workers > 0``)
     has one iterator: ``iter(loader)`` while it is alive starts a new epoch on it.
@@ -183,9 +184,10 @@ class DataLoader(torch.utils.data.DataLoader):
         self._warned: set[str] = set()
         self._logged_failures: set[Any] = set()
         self._error_log = ErrorLog(on_error, max_errors, self._logged_failures)
-        # See NOTE [ Resumable sampling ]: worker seeds of epoch e derive from (seed, e).
-        self._seed = draw_seed(generator)
         self._next_epoch = 0
+        #: the base seed of the loader's first epoch: the root of every epoch's sample seed
+        #: (NOTE [ Seeds ]), so those do not depend on num_workers or persistent_workers
+        self._sample_root: int | None = None
         self._progress: EpochProgress | None = None
         #: what load_state_dict says the next epoch skips (NOTE [ Resume ])
         self._resume: ResumePoint | None = None
@@ -238,15 +240,25 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _start_epoch(self) -> Iterator[Any]:
         """The next epoch's batches, through every stage. The loader (its epoch, the
-        resume point, errors, telemetry and the sampler) is left as it was if they cannot
-        be started: trying again starts the same epoch."""
-        before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry
+        resume point, errors, telemetry, the sampler and the loader's own generator) is
+        left as it was if they cannot be started: trying again starts the same epoch."""
+        before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root
         epoch, resume = self._next_epoch, self._resume
         batching = batching_of(self)
         roles = sampler_roles(batching)
         generator = getattr(roles.seeded, "generator", None)
+        own_generator = self._own_generator(roles)
+        own_before = own_generator.get_state() if own_generator is not None else None
         streams = max(1, self.num_workers) if batching.unit == "items" else None
         progress = EpochProgress(epoch, resume, streams)
+        # torch's order of draws (NOTE [ Seeds ]): the base seed now, the sampler's at its first index.
+        if progress.base_seed is None:
+            pool = self._pool if self.persistent_workers else None
+            progress.base_seed = pool.base_seed if pool is not None else draw_seed(self.generator)
+        if self._sample_root is None:
+            self._sample_root = progress.base_seed
+        if own_generator is not None:
+            progress.loader_generator_state = own_generator.get_state()
         # The epoch's order starts here, whenever the samplers begin to draw it (NOTE [ Resume ]).
         if roles.resumable is not None:
             progress.sampler_epoch = roles.resumable.next_epoch()
@@ -256,18 +268,35 @@ class DataLoader(torch.utils.data.DataLoader):
         self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
         self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
         try:
-            batches: Iterator[Any] = self._make_iterator(mix_seed(self._seed, epoch, "workers"), batching, resume)
+            batches: Iterator[Any] = self._make_iterator(progress.base_seed, sample_seed(self._sample_root, epoch),
+                                                         batching, resume)
             if self.batch_transform is not None:
                 batches = MappedIterator(batches, self.batch_transform)
             return transfer_stage(batches, pin_memory=self.pin_memory, device=self.device, depth=self.device_prefetch,
                                   warn_once=self._warn_once, telemetry=self._telemetry)
         except BaseException:
-            self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry = before
+            self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root = before
             if progress.generator_state is not None:
                 generator.set_state(progress.generator_state)
+            if own_before is not None:
+                own_generator.set_state(own_before)
             raise
 
-    def _make_iterator(self, base_seed: int, batching: Batching, resume: ResumePoint | None) -> LoaderIterator:
+    def _draws_once(self) -> bool:
+        """Whether the base seed is drawn once (persistent workers) or every epoch (torch's rule)."""
+        return bool(self.persistent_workers and self.num_workers > 0)
+
+    def _own_generator(self, roles: SamplerRoles) -> torch.Generator | None:
+        """The loader's ``generator`` when its state is the loader's to keep: not None, and
+        not the sampler's (whose state the sampler, or the loader for it, keeps)."""
+        generator = self.generator
+        if not isinstance(generator, torch.Generator):
+            return None
+        shared = (getattr(roles.resumable, "generator", None), getattr(roles.seeded, "generator", None))
+        return None if any(generator is other for other in shared) else generator
+
+    def _make_iterator(self, base_seed: int, sample_seed: int, batching: Batching,
+                       resume: ResumePoint | None) -> LoaderIterator:
         tasks: Callable[[], Iterator[tuple[Any, Any]]]
         length: Callable[[], int]
         if batching.unit == "items":
@@ -278,35 +307,45 @@ class DataLoader(torch.utils.data.DataLoader):
             tasks = functools.partial(epoch_tasks, batching, resume)
             length = functools.partial(remaining_batches, batching, resume, self._index_sampler)
         if self.num_workers == 0:
-            return InProcessIterator(self, base_seed, tasks, resume, length)
+            return InProcessIterator(self, sample_seed, tasks, resume, length)
         self.check_worker_number_rationality()
-        return PoolIterator(self, base_seed, tasks, resume, length, self._lease_pool)
+        return PoolIterator(self, base_seed, sample_seed, tasks, resume, length, self._lease_pool)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the loader is: a small JSON-serialisable dict (NOTE [ Resume ]).
 
         ``"epoch"``: the epoch in progress (the next one once an epoch has been iterated to
         its end); ``"batches"``: the batches of it handed out; ``"settled"``: the positions
-        of the epoch those (and any batches that failed whole) covered; ``"seed"``: the
-        loader's root seed; ``"sampler"``: the sampler's own state when it is a fastload
-        sampler (else ``None``); ``"order"``: what a resumed loader must share. Take it
-        between batches, from the training loop.
+        of the epoch those (and any batches that failed whole) covered; ``"base_seed"``:
+        the workers' base seed of that epoch when it is drawn already, and
+        ``"sample_root"`` the root of the sample seeds (NOTE [ Seeds ]); ``"draws_once"``:
+        whether the base seed is drawn once (persistent workers) or every epoch;
+        ``"generator"``: the state of the loader's own ``generator``, and
+        ``"sampler_generator"`` that of a torch sampler's generator, where they have one;
+        ``"sampler"``: the sampler's own state when it is a fastload sampler (else
+        ``None``); ``"order"``: what a resumed loader must share. Take it between batches,
+        from the training loop.
         """
         batching = batching_of(self)
         roles = sampler_roles(batching)
         progress = self._progress
         generator = getattr(roles.seeded, "generator", None)
         generator_state = generator.get_state() if isinstance(generator, torch.Generator) else None
+        own_generator = self._own_generator(roles)
+        own_state = own_generator.get_state() if own_generator is not None else None
+        persistent_seed = self._pool.base_seed if self.persistent_workers and self._pool is not None else None
         if progress is None:  # nothing iterated since construction or load_state_dict
-            epoch, finished, point = self._next_epoch, False, self._resume or ResumePoint()
+            epoch, point = self._next_epoch, self._resume or ResumePoint()
+            base_seed = point.base_seed if point.base_seed is not None else persistent_seed
         elif progress.finished:
-            epoch, finished, point = progress.epoch + 1, True, ResumePoint()
+            epoch, point, base_seed = progress.epoch + 1, ResumePoint(), persistent_seed
         else:
-            epoch, finished = progress.epoch, False
+            epoch, base_seed = progress.epoch, progress.base_seed
             point = ResumePoint(progress.settled.prefix, progress.settled.beyond_prefix(),
                                 stream_items=progress.stream_items, next_stream=progress.next_stream,
                                 batches=progress.batches)
             generator_state = progress.generator_state
+            own_state = progress.loader_generator_state
         if batching.unit == "items":
             streams = max(1, self.num_workers)
             settled: dict[str, Any] = {"stream_items": list(point.stream_items or [0] * streams),
@@ -315,25 +354,28 @@ class DataLoader(torch.utils.data.DataLoader):
             settled = {"prefix": point.prefix, "beyond": [list(r) for r in point.beyond]}
         sampler_state = None
         if roles.resumable is not None:
-            sampler_state = roles.resumable.state_dict()
+            in_progress = progress is not None and not progress.finished
+            sampler_state = roles.resumable.state_dict() if in_progress and \
+                roles.resumable.begun(progress.sampler_epoch) else roles.resumable.next_state()
             del sampler_state["start"]  # the loader's own positions say where to start
-            sampler_state["epoch"] = roles.resumable.next_epoch() if progress is None else \
-                progress.sampler_epoch + (1 if finished else 0)
-        return {"format": STATE_FORMAT, "seed": self._seed, "epoch": epoch, "batches": point.batches,
-                "settled": settled, "sampler": sampler_state, "generator": encode_generator_state(generator_state),
+        return {"format": STATE_FORMAT, "epoch": epoch, "batches": point.batches, "settled": settled,
+                "base_seed": base_seed, "sample_root": self._sample_root, "draws_once": self._draws_once(),
+                "generator": encode_generator_state(own_state),
+                "sampler": sampler_state, "sampler_generator": encode_generator_state(generator_state),
                 "order": order_description(self, batching)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next ``iter(loader)`` delivers exactly the
-        samples of that epoch not yet delivered (NOTE [ Resume ]), then the next epochs
-        as an uninterrupted loader would.
+        samples of that epoch not yet delivered (NOTE [ Resume ]), with that epoch's seeds,
+        then the next epochs as an uninterrupted loader would.
 
         ``batch_size`` and ``num_workers`` may differ from the loader that took the state
         (an ``IterableDataset`` needs the same ``num_workers``). fastload samplers jump
         straight to the position. Other samplers are replayed (their indices only, cheap),
         a torch sampler's generator from the state it had when the epoch began, and an
         ``IterableDataset``'s worker streams re-read and discard the items they had given;
-        both say so once. Nothing changes unless the whole state loads.
+        both say so once. The loader's own ``generator`` gets back the state it had after
+        the epoch's draw. Nothing changes unless the whole state loads.
 
         Raises:
             TypeError: ``state`` is not a mapping.
@@ -341,12 +383,14 @@ class DataLoader(torch.utils.data.DataLoader):
             ValueError: not a fastload DataLoader state, a malformed one (each field is
                 checked), or one this loader cannot resume exactly (another dataset length,
                 sampler, batching or number of worker streams; a torch sampler drawing from
-                the global RNG, mid-epoch), named in the message.
+                the global RNG, mid-epoch; a generator state where this loader has none),
+                named in the message.
         """
         where = "DataLoader.load_state_dict"
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: state must be a mapping (what state_dict() returns), got {type(state).__name__}")
-        missing = {"format", "seed", "epoch", "batches", "settled", "sampler", "generator", "order"} - set(state)
+        missing = {"format", "epoch", "batches", "settled", "base_seed", "sample_root", "draws_once", "generator",
+                   "sampler", "sampler_generator", "order"} - set(state)
         if missing:
             raise KeyError(f"{where}: state lacks {sorted(missing)} (a state from fastload.DataLoader.state_dict() "
                            "has them all)")
@@ -358,8 +402,11 @@ class DataLoader(torch.utils.data.DataLoader):
         if not isinstance(state["order"], Mapping):
             raise ValueError(f"{where}: order must be a mapping, got {state['order']!r}")
         check_same_order(state["order"], order_description(self, batching))
-        seed = checked_count(state["seed"], f"{where}: seed")
         epoch = checked_count(state["epoch"], f"{where}: epoch")
+        base_seed, sample_root = (None if state[key] is None else checked_count(state[key], f"{where}: {key}")
+                                  for key in ("base_seed", "sample_root"))
+        if not isinstance(state["draws_once"], bool):
+            raise ValueError(f"{where}: draws_once must be a bool, got {state['draws_once']!r}")
         sampler_state = state["sampler"]
         bound = len(batching.sampler) if isinstance(batching.sampler, Sized) else None
         if roles.resumable is not None:
@@ -379,18 +426,37 @@ class DataLoader(torch.utils.data.DataLoader):
                     "torch's global random generator and cannot be drawn again: this state cannot resume it "
                     "mid-epoch. Give the sampler generator=torch.Generator(), or use shuffle=True or "
                     "fastload.RandomSampler, which resume exactly.")
-            if state["generator"] is None:
+            if state["sampler_generator"] is None:
                 raise ValueError(f"{where}: the state holds no generator state for this loader's "
                                  f"{type(roles.seeded).__name__}")
-        if isinstance(generator, torch.Generator) and state["generator"] is not None:
-            generator_state = decode_generator_state(state["generator"], generator)
+        if isinstance(generator, torch.Generator) and state["sampler_generator"] is not None:
+            generator_state = decode_generator_state(state["sampler_generator"], generator,
+                                                     f"{where}: sampler_generator")
+        own_generator = self._own_generator(roles)
+        own_state = None
+        if state["generator"] is not None:
+            if own_generator is None:
+                raise ValueError(f"{where}: the state holds the state of the loader's own generator, and this "
+                                 "loader has none (or shares it with its sampler): build it with "
+                                 "generator=torch.Generator(), as the loader that took the state was")
+            own_state = decode_generator_state(state["generator"], own_generator, f"{where}: generator")
         # Everything is checked: now change things (the sampler checks its own state first).
         if roles.resumable is not None:
             roles.resumable.load_state_dict({**sampler_state, "start": point.prefix if roles.jumps else 0})
             point.jumped = roles.jumps
         if generator_state is not None:
             generator.set_state(generator_state)
-        self._seed, self._next_epoch, self._progress, self._resume = seed, epoch, None, point
+        if own_state is not None:
+            own_generator.set_state(own_state)
+        point.base_seed = base_seed
+        self._next_epoch, self._progress, self._resume, self._sample_root = epoch, None, point, sample_root
+        if state["draws_once"] != self._draws_once():
+            taken, this = ("with", "has none") if state["draws_once"] else ("without", "has them")
+            self._warn_once(
+                f"fastload: the state was taken from a loader {taken} persistent workers and this one {this}: the "
+                "epoch in progress resumes exactly, but later epochs draw their base seed as this loader does "
+                "(torch's rule: once with persistent workers, every epoch without), so where the sampler draws "
+                "from the loader's generator their order is not the original run's.")
         if point.stream_items is not None and any(point.stream_items):
             self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards the "
                             f"{sum(point.stream_items)} items its worker streams had given.")
@@ -406,16 +472,17 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"{point.prefix} items to resume ({exact})."
             )
 
-    def _lease_pool(self, base_seed: int, skip_items: list[int] | None) -> PoolLease:
+    def _lease_pool(self, base_seed: int, sample_seed: int, skip_items: list[int] | None) -> PoolLease:
         if not self.persistent_workers:
-            return PoolLease(self._make_pool(base_seed, skip_items), owned=True, fresh=True, on_failure=_nothing)
+            return PoolLease(self._make_pool(base_seed, sample_seed, skip_items), owned=True, fresh=True,
+                             on_failure=_nothing)
         # Persistent workers keep the seeds of the epoch that started them, as torch's do.
         fresh = self._pool is None
         if self._pool is None:
-            self._pool = self._make_pool(base_seed, skip_items)
+            self._pool = self._make_pool(base_seed, sample_seed, skip_items)
         return PoolLease(self._pool, owned=False, fresh=fresh, on_failure=self._drop_pool)
 
-    def _make_pool(self, base_seed: int, skip_items: list[int] | None) -> WorkerPool:
+    def _make_pool(self, base_seed: int, sample_seed: int, skip_items: list[int] | None) -> WorkerPool:
         large = _large_python_container(self.dataset)
         if large is not None:
             name, container = large
@@ -442,7 +509,7 @@ class DataLoader(torch.utils.data.DataLoader):
             max_free_slots=self.prefetch_factor + 2,
         )
         context = self.multiprocessing_context or multiprocessing.get_context()
-        return WorkerPool(config, context, base_seed, self.max_worker_restarts, skip_items)
+        return WorkerPool(config, context, base_seed, sample_seed, self.max_worker_restarts, skip_items)
 
     def _drop_pool(self) -> None:
         self._pool = None

@@ -2,8 +2,9 @@
 
 Both mirror torch's ``_BaseDataLoaderIter`` contract: ``len()`` is the index sampler's
 length and an ``IterableDataset`` yielding more than its ``len()`` warns. The epoch's
-``base_seed`` (worker seeds, per-sample seeds) comes from the loader, derived from its
-root seed and the epoch (NOTE [ Resumable sampling ] in ``seeding.py``).
+seeds come from the loader (NOTE [ Seeds ] in ``seeding.py``): ``base_seed``, drawn as
+torch draws it, seeds new workers; ``sample_seed`` seeds samples (``seed_per_sample``)
+and replacements.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class MappedIterator:
 
 
 class LoaderIterator:
-    """Common part: tasks, progress, base seed, length and the IterableDataset length check.
+    """Common part: tasks, progress, sample seed, length and the IterableDataset length check.
 
     ``tasks()`` yields ``(task, positions)``: the indices (or, for an iterable dataset, the
     batch-sized placeholder) and what the task covers (NOTE [ Resume ]; for an iterable
@@ -105,7 +106,7 @@ class LoaderIterator:
     how many batches the epoch has (those left, after a resume), asked only by ``len()``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+    def __init__(self, loader: DataLoader, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
                  resume: ResumePoint | None, length: Callable[[], int]) -> None:
         self._dataset = loader.dataset
         self._errors: ErrorLog = loader._error_log
@@ -117,7 +118,7 @@ class LoaderIterator:
         self._make_tasks = tasks
         self._tasks: Iterator[tuple[Any, Any]] = iter(())
         self._length = length
-        self._base_seed = base_seed
+        self._sample_seed = sample_seed
         self._num_yielded = resume.batches if resume is not None else 0
         #: iterable datasets: items each worker stream must skip (it had given them before a resume)
         self._skip_items = resume.stream_items if resume is not None else None
@@ -151,9 +152,9 @@ class LoaderIterator:
 class InProcessIterator(LoaderIterator):
     """``num_workers=0``: samples are fetched and collated in the calling thread."""
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+    def __init__(self, loader: DataLoader, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
                  resume: ResumePoint | None, length: Callable[[], int]) -> None:
-        super().__init__(loader, base_seed, tasks, resume, length)
+        super().__init__(loader, sample_seed, tasks, resume, length)
         self._collate_fn = loader.collate_fn
         self._fetcher = SampleFetcher(
             self._dataset,
@@ -165,7 +166,7 @@ class InProcessIterator(LoaderIterator):
             on_error=loader.on_error,
             stream="the main process",
         )
-        self._fetcher.start_epoch(self._base_seed, self._skip_items[0] if self._skip_items else 0)
+        self._fetcher.start_epoch(self._sample_seed, self._skip_items[0] if self._skip_items else 0)
         self._tasks = self._make_tasks()
 
     def _next_data(self) -> Any:
@@ -213,11 +214,11 @@ class PoolIterator(LoaderIterator):
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
-                 resume: ResumePoint | None, length: Callable[[], int],
-                 lease_pool: Callable[[int, list[int] | None], PoolLease]) -> None:
-        super().__init__(loader, base_seed, tasks, resume, length)
-        lease = lease_pool(self._base_seed, self._skip_items)
+    def __init__(self, loader: DataLoader, base_seed: int, sample_seed: int,
+                 tasks: Callable[[], Iterator[tuple[Any, Any]]], resume: ResumePoint | None,
+                 length: Callable[[], int], lease_pool: Callable[[int, int, list[int] | None], PoolLease]) -> None:
+        super().__init__(loader, sample_seed, tasks, resume, length)
+        lease = lease_pool(base_seed, sample_seed, self._skip_items)
         pool = self._pool = lease.pool
         self._owns_pool = lease.owned
         self._on_pool_failure = lease.on_failure
@@ -238,7 +239,7 @@ class PoolIterator(LoaderIterator):
         try:
             if not lease.fresh:
                 pool.reactivate()
-                pool.start_epoch(self._base_seed, self._first_task, self._skip_items)
+                pool.start_epoch(self._sample_seed, self._first_task, self._skip_items)
             self._tasks = self._make_tasks()
             for _ in range(self._max_outstanding):
                 self._dispatch()

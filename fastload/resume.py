@@ -32,12 +32,15 @@ order of delivery (with ``drop_last``, the incomplete batch that is dropped is t
 one the resumed loader forms). Iterable streams skip the items they had given, in each
 worker, before the first task.
 
-The order of the epoch must come out the same again. A fastload sampler is told its
-epoch (and jumps to the prefix); one inside a batch sampler of the user's is told its
-epoch and the batch sampler is replayed. A torch sampler with a ``generator`` (torch's
+The order of the epoch must come out the same again, and so must its seeds: the state
+holds the epoch's base seed, and the loader's own generator's state after drawing it
+(NOTE [ Seeds ] in ``seeding.py``). A fastload sampler gets back its state at the
+epoch's start (for ``RandomSampler``, where its draw began: its generator's state, or
+the seed it drew from the global RNG) and jumps to the prefix; one inside a batch
+sampler of the user's gets it back too and the batch sampler is replayed. A torch sampler with a ``generator`` (torch's
 ``RandomSampler``, ``WeightedRandomSampler``, ``SubsetRandomSampler``) gets the
 generator's state at the epoch's start back before it is replayed: the state holds it
-(about 7 KB of base64). One whose ``generator`` is None draws from torch's global RNG,
+(about 4 KB). One whose ``generator`` is None draws from torch's global RNG,
 which no state can give back: resuming it mid-epoch is refused. Any other sampler is
 replayed and must repeat its order by itself (a warning says so).
 
@@ -59,7 +62,6 @@ draws from the worker's running RNG state sees other numbers than it would have.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import collections
 import itertools
@@ -67,14 +69,13 @@ from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler
 
 from .samplers import ResumableSampler, checked_count, describe_differences
 
 #: What ``DataLoader.state_dict()`` says it is; anything else is refused by ``load_state_dict``.
-STATE_FORMAT = "fastload.DataLoader/2"
+STATE_FORMAT = "fastload.DataLoader/3"
 
 #: Positions one task covers: ``((start, end), ...)`` half-open ranges (map-style datasets),
 #: or ``(stream, items)`` for an iterable dataset's worker stream.
@@ -136,6 +137,8 @@ class ResumePoint:
     generator_state: torch.Tensor | None = None
     #: the epoch the loader's fastload sampler iterates (it may begin only at the first batch)
     sampler_epoch: int = 0
+    #: the workers' base seed of the epoch, if it is not to be drawn (NOTE [ Seeds ])
+    base_seed: int | None = None
 
 
 class EpochProgress:
@@ -157,6 +160,9 @@ class EpochProgress:
         self.next_stream = resume.next_stream
         self.generator_state = resume.generator_state
         self.sampler_epoch = resume.sampler_epoch
+        self.base_seed = resume.base_seed
+        #: the loader's own generator (not the sampler's) after the epoch's draw from it
+        self.loader_generator_state: torch.Tensor | None = None
         self._events: collections.deque[tuple[bool, Positions]] = collections.deque()
         #: tasks yielded so far (``lost_since`` compares against it)
         self.yields = 0
@@ -285,22 +291,6 @@ def check_same_order(saved: Mapping[str, Any], current: Mapping[str, Any]) -> No
     if differences:
         raise ValueError("DataLoader.load_state_dict: this state cannot resume this loader exactly, it was taken "
                          "from a loader that differs in " + "; ".join(differences))
-
-
-def encode_generator_state(state: torch.Tensor | None) -> str | None:
-    return None if state is None else base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def decode_generator_state(text: Any, generator: torch.Generator) -> torch.Tensor:
-    """The generator state ``text`` holds, checked by loading it into a scratch generator
-    of ``generator``'s kind."""
-    try:
-        state = torch.from_numpy(np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8).copy())
-        torch.Generator(device=generator.device).set_state(state)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"DataLoader.load_state_dict: generator is not the state of a {generator.device} "
-                         f"torch.Generator: {exc}") from exc
-    return state
 
 
 def settled_from_state(state: Mapping[str, Any], batching: Batching, bound: int | None,

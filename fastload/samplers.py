@@ -1,12 +1,15 @@
 """Resumable, distributed and length-bucketing samplers.
 
-Every sampler here derives its order for an epoch from ``(seed, epoch)`` only (see NOTE
-[ Resumable sampling ] in ``seeding.py``) and has ``state_dict()`` /
-``load_state_dict()`` with a few integers: ``seed``, ``epoch`` and ``start`` (how many
-items of that epoch were already yielded), and ``config``: what else the order depends
-on (lengths, sizes, flags), checked on load so that a state never silently resumes a
-differently configured sampler. ``__iter__`` computes the epoch's order eagerly, at
-``iter()`` time.
+:class:`RandomSampler` is torch's, index for index: its order comes from a generator
+(or torch's global RNG), and its state holds where an iteration's randomness began. Every
+other sampler here derives its order for an epoch from ``(seed, epoch)`` only (see NOTE
+[ Resumable sampling ] in ``seeding.py``). All have ``state_dict()`` /
+``load_state_dict()``: ``epoch`` and ``start`` (how many items of that epoch were already
+yielded), what the order comes from (``seed``; a generator state or drawn seed for
+:class:`RandomSampler`), and ``config``: what else the order depends on (lengths, sizes,
+flags), checked on load so that a state never silently resumes a differently configured
+sampler. The ``(seed, epoch)`` samplers compute the epoch's order eagerly, at ``iter()``
+time; :class:`RandomSampler` draws at its first index, as torch's does.
 
 Epochs: calling ``set_epoch(e)`` (as with torch's ``DistributedSampler``) or
 ``load_state_dict`` fixes the epoch of the next iteration; iterating again without either
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -31,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.utils.data as tud
 
-from .seeding import draw_seed, epoch_generator, mix_seed
+from .seeding import decode_generator_state, encode_generator_state, epoch_generator, mix_seed
 
 __all__ = [
     "BucketBatchSampler",
@@ -63,7 +66,9 @@ class ResumableSampler:
     """The epoch and position bookkeeping every fastload sampler shares.
 
     A subclass calls :meth:`_init_cursor` in its constructor, :meth:`_begin_epoch` at the
-    start of ``__iter__``, and wraps what it yields in :meth:`_counted`.
+    start of ``__iter__``, and wraps what it yields in :meth:`_counted`. Its order is a
+    function of ``(seed, epoch)``, unless it overrides the three ``_order_state`` hooks
+    (:class:`RandomSampler`: the order comes from a generator, as torch's).
     """
 
     #: warn once when an epoch advances without set_epoch (distributed samplers)
@@ -86,6 +91,10 @@ class ResumableSampler:
         """The epoch the next iteration will use."""
         return self.epoch if self._epoch_fixed else self.epoch + 1
 
+    def begun(self, epoch: int) -> bool:
+        """Whether iteration ``epoch`` has begun (so :meth:`state_dict` describes it)."""
+        return not self._epoch_fixed and self.epoch == epoch
+
     def order_config(self) -> dict[str, Any]:
         """Everything besides ``seed`` and ``epoch`` that this sampler's order depends on."""
         raise NotImplementedError
@@ -97,7 +106,14 @@ class ResumableSampler:
     def state_dict(self) -> dict[str, Any]:
         """``{"seed", "epoch", "start", "config"}``: the epoch being (or last) iterated, how
         many items of it were yielded, and :meth:`order_config`. JSON-serialisable."""
-        return {"seed": self.seed, "epoch": int(self.epoch), "start": self._yielded, "config": self.order_config()}
+        return {**self._order_state(upcoming=False), "epoch": int(self.epoch), "start": self._yielded,
+                "config": self.order_config()}
+
+    def next_state(self) -> dict[str, Any]:
+        """The state whose loading makes the next iteration start from its beginning as
+        this sampler's next iteration would."""
+        return {**self._order_state(upcoming=True), "epoch": self.next_epoch(), "start": 0,
+                "config": self.order_config()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items.
@@ -105,16 +121,15 @@ class ResumableSampler:
         Nothing changes unless the whole state is valid.
 
         Raises:
-            KeyError: ``seed`` or ``epoch`` missing.
+            KeyError: ``epoch`` (or ``seed``) missing.
             ValueError: ``seed``, ``epoch`` or ``start`` not a whole number >= 0, or a
                 ``config`` other than this sampler's (another length, batch size, world
                 size, ...): its order would differ.
         """
         name = type(self).__name__
-        missing = {"seed", "epoch"} - set(state)
-        if missing:
-            raise KeyError(f"{name}.load_state_dict: state lacks {sorted(missing)}")
-        seed = checked_count(state["seed"], f"{name}.load_state_dict: seed")
+        if "epoch" not in state:
+            raise KeyError(f"{name}.load_state_dict: state lacks ['epoch']")
+        order = self._check_order_state(state, f"{name}.load_state_dict")
         epoch = checked_count(state["epoch"], f"{name}.load_state_dict: epoch")
         start = checked_count(state.get("start", 0), f"{name}.load_state_dict: start")
         if "config" in state:
@@ -122,9 +137,23 @@ class ResumableSampler:
             if differences:
                 raise ValueError(f"{name}.load_state_dict: the state was taken from a sampler configured "
                                  f"otherwise, so its order would differ: {'; '.join(differences)}")
-        self.seed = seed
+        self._apply_order_state(order)
         self.set_epoch(epoch)
         self._start = start
+
+    def _order_state(self, upcoming: bool) -> dict[str, Any]:
+        """What the order of the iteration in progress (``upcoming``: the next one) comes
+        from, besides its epoch."""
+        return {"seed": self.seed}
+
+    def _check_order_state(self, state: Mapping[str, Any], where: str) -> Any:
+        """The checked content of :meth:`_order_state`'s keys in ``state``."""
+        if "seed" not in state:
+            raise KeyError(f"{where}: state lacks ['seed']")
+        return checked_count(state["seed"], f"{where}: seed")
+
+    def _apply_order_state(self, order: Any) -> None:
+        self.seed = order
 
     def _begin_epoch(self) -> tuple[int, int]:
         """(epoch, start) of the iteration that begins now."""
@@ -143,7 +172,7 @@ class ResumableSampler:
         self._yielded = start
         return self.epoch, start
 
-    def _counted(self, items: Sequence[Any]) -> Iterator[Any]:
+    def _counted(self, items: Iterable[Any]) -> Iterator[Any]:
         for item in items:
             self._yielded += 1
             yield item
@@ -181,12 +210,26 @@ class SequentialSampler(ResumableSampler, tud.SequentialSampler):
 
 
 class RandomSampler(ResumableSampler, tud.RandomSampler):
-    """``torch.utils.data.RandomSampler`` (same arguments) whose order is a function of
-    ``(seed, epoch)``, so it can resume mid-epoch.
+    """``torch.utils.data.RandomSampler`` (same arguments), index for index, that can
+    resume mid-epoch.
 
-    ``seed`` defaults to one draw from ``generator`` (the global generator if None) at
-    construction. The permutations have torch's distribution but are not the ones
-    torch's sampler would draw from the same generator.
+    Each iteration draws as torch's does, and when torch's does (at its first index):
+    from ``self.generator`` as it is then, so one assigned after construction (as
+    Accelerate does) is used; or, when that is None, from a generator seeded by one draw
+    from torch's global RNG, so ``torch.manual_seed(s)`` before iterating repeats the
+    order; with replacement, 32 indices per draw. The same generator state, or the same
+    global seed, gives torch's sequence.
+
+    To resume, an iteration remembers where its randomness began: its generator's state,
+    or the seed it drew from the global RNG (:meth:`state_dict`; JSON, about 4 KB with a
+    generator). :meth:`load_state_dict` puts the generator back in that state at once
+    (or keeps the seed for the next iteration), and the next iteration draws the same
+    indices again, skips those already yielded, and leaves the generator where an
+    uninterrupted iteration would have.
+
+    ``seed=s`` is short for ``generator=torch.Generator().manual_seed(s)``. The epoch
+    (``set_epoch``, as Lightning calls it) only labels iterations: the order comes from
+    the generator, as torch's does.
     """
 
     def __init__(
@@ -198,22 +241,86 @@ class RandomSampler(ResumableSampler, tud.RandomSampler):
         *,
         seed: int | None = None,
     ) -> None:
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("RandomSampler: give generator or seed, not both")
+            generator = torch.Generator().manual_seed(seed)
         super().__init__(data_source, replacement=replacement, num_samples=num_samples, generator=generator)
-        self._init_cursor(draw_seed(generator) if seed is None else seed)
+        self._init_cursor(seed=0)
+        #: where the iteration in progress (or last begun) drew from: its generator's
+        #: state, or the seed it drew from the global RNG
+        self._origin: torch.Tensor | int | None = None
+        #: a seed drawn by the iteration a loaded state describes, for the next iteration
+        self._loaded_seed: int | None = None
 
     def order_config(self) -> dict[str, Any]:
         return {"length": len(self.data_source), "replacement": self.replacement, "num_samples": self.num_samples}
 
     def __iter__(self) -> Iterator[int]:
-        epoch, start = self._begin_epoch()
-        generator = epoch_generator(self.seed, epoch, "order")
-        n, count = len(self.data_source), self.num_samples
-        if self.replacement:
-            order = torch.randint(high=n, size=(count,), dtype=torch.int64, generator=generator)
+        # A generator function, like torch's: nothing is drawn before the first index.
+        _, start = self._begin_epoch()
+        seed, self._loaded_seed = self._loaded_seed, None
+        if seed is None and self.generator is None:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        if seed is not None:
+            self._origin = seed
+            generator = torch.Generator().manual_seed(seed)
         else:
-            perms = [torch.randperm(n, generator=generator) for _ in range(math.ceil(count / n))]
-            order = torch.cat(perms)[:count] if perms else torch.empty(0, dtype=torch.int64)
-        return self._counted(order[start:].tolist())
+            self._origin = self.generator.get_state()
+            generator = self.generator
+        for position, index in enumerate(_torch_random_order(len(self.data_source), self.num_samples,
+                                                              self.replacement, generator)):
+            if position >= start:
+                self._yielded += 1
+                yield index
+
+    def _order_state(self, upcoming: bool) -> dict[str, Any]:
+        if upcoming or self._epoch_fixed or self._origin is None:
+            origin = self._loaded_seed if self._loaded_seed is not None else \
+                (self.generator.get_state() if self.generator is not None else None)
+        else:
+            origin = self._origin
+        if isinstance(origin, torch.Tensor):
+            return {"generator": encode_generator_state(origin), "drawn_seed": None}
+        return {"generator": None, "drawn_seed": origin}
+
+    def _check_order_state(self, state: Mapping[str, Any], where: str) -> Any:
+        missing = {"generator", "drawn_seed"} - set(state)
+        if missing:
+            raise KeyError(f"{where}: state lacks {sorted(missing)}")
+        if state["generator"] is not None:
+            if state["drawn_seed"] is not None:
+                raise ValueError(f"{where}: a state holds a generator state or a drawn seed, not both")
+            if self.generator is None:
+                raise ValueError(f"{where}: the state was taken from a RandomSampler drawing from its generator; "
+                                 "this one has generator=None (give it a torch.Generator)")
+            return decode_generator_state(state["generator"], self.generator, f"{where}: generator")
+        if state["drawn_seed"] is not None:
+            return checked_count(state["drawn_seed"], f"{where}: drawn_seed")
+        if state.get("start", 0) != 0:  # items of an iteration whose randomness the state does not hold
+            raise ValueError(f"{where}: a state with start={state.get('start')!r} needs the generator state or "
+                             "the drawn_seed its iteration began from; it has neither")
+        return None
+
+    def _apply_order_state(self, order: Any) -> None:
+        self._loaded_seed = None
+        if isinstance(order, torch.Tensor):
+            self.generator.set_state(order)
+        elif order is not None:
+            self._loaded_seed = order
+
+
+def _torch_random_order(n: int, count: int, replacement: bool, generator: torch.Generator) -> Iterator[int]:
+    """The indices torch's ``RandomSampler`` yields, drawn from ``generator`` as it draws
+    them: 32 at a time with replacement, one permutation of ``n`` at a time without."""
+    if replacement:
+        for _ in range(count // 32):
+            yield from torch.randint(high=n, size=(32,), dtype=torch.int64, generator=generator).tolist()
+        yield from torch.randint(high=n, size=(count % 32,), dtype=torch.int64, generator=generator).tolist()
+        return
+    for _ in range(count // n):
+        yield from torch.randperm(n, generator=generator).tolist()
+    yield from torch.randperm(n, generator=generator).tolist()[: count % n]
 
 
 class DistributedSampler(ResumableSampler, tud.DistributedSampler):
@@ -280,12 +387,12 @@ class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
     def _global_sequence(self, epoch: int) -> list[Any]:
         sampler = self.sampler
         inner_seed = mix_seed(self.seed, epoch, "wrapped")
-        if isinstance(sampler, ResumableSampler):
-            sampler.load_state_dict({"seed": inner_seed, "epoch": epoch})
-        elif hasattr(sampler, "generator"):
+        if hasattr(sampler, "generator"):  # torch's random samplers, and fastload's RandomSampler
             if sampler.generator is None:
                 sampler.generator = torch.Generator()
             sampler.generator.manual_seed(inner_seed)
+        elif isinstance(sampler, ResumableSampler):
+            sampler.load_state_dict({"seed": inner_seed, "epoch": epoch})
         elif hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         return list(sampler)

@@ -31,11 +31,11 @@ def interrupted(dataset, epochs, stop_epoch, stop_batch, **kwargs):
     """Run until ``stop_batch`` batches of epoch ``stop_epoch``, save, restore into a new
     loader (built with another generator seed: the state must carry everything), go on."""
     loader = make(dataset, 0, **kwargs)
-    before = []
-    for epoch in range(stop_epoch + 1):
-        it = iter(loader)
-        batches = [next(it) for _ in range(stop_batch if epoch == stop_epoch else len(loader))]
-        before.append(batches)
+    # Whole epochs run to StopIteration, as in uninterrupted(): a sampler drawing as torch's
+    # does may draw once more when it is exhausted.
+    before = [list(loader) for _ in range(stop_epoch)]
+    it = iter(loader)
+    before.append([next(it) for _ in range(stop_batch)])
     state = json.loads(json.dumps(loader.state_dict()))
     del it, loader
     resumed = make(dataset, 99, **kwargs)
@@ -49,6 +49,8 @@ CASES = {
     "shuffle": dict(batch_size=5, shuffle=True),
     "shuffle_drop_last": dict(batch_size=7, shuffle=True, drop_last=True),
     "seed_per_sample": dict(batch_size=4, shuffle=True, seed_per_sample=True),
+    # the loader's own generator (its sampler has none) gives the seeds: the state keeps it
+    "sequential_seed_per_sample": dict(batch_size=4, seed_per_sample=True),
     "no_batching": dict(batch_size=None, shuffle=True),
 }
 
@@ -56,7 +58,7 @@ CASES = {
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("case", list(CASES))
 def test_resume_mid_epoch_is_exact(case, num_workers):
-    dataset = RandomAugment() if case == "seed_per_sample" else Squares()
+    dataset = RandomAugment() if "seed_per_sample" in CASES[case] else Squares()
     kwargs = dict(CASES[case], num_workers=num_workers)
     full = uninterrupted(dataset, 3, **kwargs)
     before, rest, state = interrupted(dataset, 3, stop_epoch=1, stop_batch=3, **kwargs)
@@ -65,6 +67,54 @@ def test_resume_mid_epoch_is_exact(case, num_workers):
     assert_same(before[1], full[1][:3])
     assert_same(rest[0], full[1][3:])
     assert_same(rest[1], full[2])
+
+
+@pytest.mark.parametrize("num_workers, persistent", [(0, False), (2, False), (2, True)])
+def test_resume_without_a_generator_draws_nothing_again_from_the_global_rng(num_workers, persistent):
+    """No generator anywhere: the seeds come from torch's global RNG, which a training
+    framework checkpoints beside the loader's state. Restored both, the resumed run is the
+    uninterrupted one: rest of the epoch, next epoch, and the global RNG after it."""
+    kwargs = dict(batch_size=4, shuffle=True, seed_per_sample=True, num_workers=num_workers,
+                  persistent_workers=persistent)
+    torch.manual_seed(5)
+    loader = fastload.DataLoader(RandomAugment(), **kwargs)
+    full = [list(loader) for _ in range(3)]
+    after = torch.rand(3)
+
+    torch.manual_seed(5)
+    loader = fastload.DataLoader(RandomAugment(), **kwargs)
+    head = [list(loader)]
+    it = iter(loader)
+    head.append([next(it) for _ in range(5)])
+    state, rng = json.loads(json.dumps(loader.state_dict())), torch.get_rng_state()
+    del it, loader
+
+    torch.manual_seed(99)  # a new process
+    resumed = fastload.DataLoader(RandomAugment(), **kwargs)
+    torch.set_rng_state(rng)
+    resumed.load_state_dict(state)
+    rest = [list(resumed) for _ in range(2)]
+    assert_same(head[0], full[0])
+    assert_same(head[1] + rest[0], full[1])
+    assert_same(rest[1], full[2])
+    assert torch.equal(torch.rand(3), after)
+
+
+def test_resume_into_a_loader_without_persistent_workers_is_exact_for_the_epoch_and_says_what_changes():
+    kwargs = dict(batch_size=4, shuffle=True, seed_per_sample=True)
+    loader = make(RandomAugment(), 0, num_workers=2, persistent_workers=True, **kwargs)
+    full = [list(loader) for _ in range(2)]
+    loader = make(RandomAugment(), 0, num_workers=2, persistent_workers=True, **kwargs)
+    list(loader)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    del it, loader
+    resumed = make(RandomAugment(), 7, num_workers=0, **kwargs)
+    with pytest.warns(UserWarning, match="taken from a loader with persistent workers and this one has none: the "
+                                         "epoch in progress resumes exactly, but later epochs draw"):
+        resumed.load_state_dict(state)
+    assert_same(head + list(resumed), full[1])
 
 
 def test_state_after_a_finished_epoch_points_at_the_next_epoch():
@@ -84,8 +134,10 @@ def test_state_is_small_and_json():
     for _ in range(500):
         next(it)
     state = loader.state_dict()
-    text = json.dumps(state)
-    assert len(text) < 1024, text
+    assert state["sampler"]["generator"] is not None  # where the epoch's order began
+    assert len(json.dumps(state)) < 5 * 1024
+    state["sampler"]["generator"] = None
+    assert len(json.dumps(state)) < 1024, state
     assert state["batches"] == 500
 
 
@@ -226,8 +278,8 @@ def test_resume_of_an_iterable_dataset_with_another_batch_size_continues_at_the_
 def test_a_state_that_is_not_fastloads_is_refused():
     with pytest.raises(ValueError, match="state format 'other' is not"):
         fastload.DataLoader(Squares()).load_state_dict(
-            {"format": "other", "seed": 1, "epoch": 0, "batches": 0, "settled": {}, "sampler": None, "generator": None,
-             "order": {}})
+            {"format": "other", "epoch": 0, "batches": 0, "settled": {}, "base_seed": 1, "sample_root": 1,
+             "draws_once": False, "generator": None, "sampler": None, "sampler_generator": None, "order": {}})
 
 
 @settings(max_examples=300, deadline=None)
@@ -343,7 +395,11 @@ BAD_STATES = [
     (("epoch",), "one", ValueError, "epoch must be a whole number >= 0"),
     (("epoch",), -1, ValueError, "epoch must be a whole number >= 0"),
     (("epoch",), 1.5, ValueError, "epoch must be a whole number >= 0"),
-    (("seed",), True, ValueError, "seed must be a whole number >= 0"),
+    (("base_seed",), True, ValueError, "base_seed must be a whole number >= 0"),
+    (("base_seed",), -3, ValueError, "base_seed must be a whole number >= 0"),
+    (("sample_root",), "7", ValueError, "sample_root must be a whole number >= 0"),
+    (("sampler", "generator"), "not base64!", ValueError, "RandomSampler.load_state_dict: generator is not the state of a cpu torch.Generator"),
+    (("sampler", "generator"), None, ValueError, "RandomSampler.load_state_dict: a state with start=8 needs the generator state or the drawn_seed"),
     (("batches",), "3", ValueError, "batches must be a whole number >= 0"),
     (("settled", "prefix"), 2.7, ValueError, "settled.prefix must be a whole number >= 0"),
     (("settled", "prefix"), 10**6, ValueError, "reaches position 1000000, beyond the 40 of this epoch"),

@@ -101,14 +101,16 @@ class Resume(RuleBasedStateMachine):
         self.delivered: list[int] = []
         self.in_order_throughout = self.config["in_order"]
         self.reference: list[list[int]] | None = None
+        #: torch's rule, which resumes keep: persistent workers draw one base seed, others one per epoch
+        self.persistent = self.config["persistent_workers"] and self.config["num_workers"] > 0
         self.children = child_pids()
 
     def expected(self, epoch: int) -> list[int]:
         """What an uninterrupted loader with the first settings delivers in ``epoch``."""
         if self.reference is None or len(self.reference) <= epoch:
             first = dict(self.first_config, in_order=True)
-            if not first["iterable"]:
-                first["num_workers"] = 0  # the same sequence for any num_workers
+            if not first["iterable"]:  # the same sequence for any num_workers, if persistent or not alike
+                first["num_workers"] = 1 if self.persistent else 0
             loader = build(first, 0)
             self.reference = [[i for batch in loader for i in indices(batch)] for _ in range(epoch + 1)]
         return self.reference[epoch]
@@ -144,6 +146,10 @@ class Resume(RuleBasedStateMachine):
           persistent=st.booleans(), seed=st.integers(1, 2**31))
     def save_and_resume(self, workers, batch_size, in_order, persistent, seed):
         state = json.loads(json.dumps(self.loader.state_dict()))
+        if self.persistent:  # another rule of draws changes later epochs' orders (a warning says so)
+            persistent, workers = True, max(1, workers)
+        elif persistent:
+            workers = 0
         new = dict(self.config, in_order=in_order, persistent_workers=persistent, num_workers=workers)
         # A changed batch size is exact in samples; with drop_last the tail that is dropped would differ,
         # and a user's batch sampler of another batch size is refused.

@@ -31,9 +31,10 @@ class Task:
 
 @dataclass
 class StartEpoch:
-    """Re-create the iterable dataset's iterator and use a new per-sample base seed."""
+    """Re-create the iterable dataset's iterator and use the epoch's sample seed."""
 
-    base_seed: int
+    #: the epoch's seed for per-sample seeding and replacements (NOTE [ Per-sample seeding ])
+    sample_seed: int
     released: list[int] = field(default_factory=list)
     #: items of the iterable dataset's stream to skip first (a resume: NOTE [ Resume ])
     skip_items: int = 0

@@ -118,14 +118,16 @@ class WorkerPool:
     """
 
     def __init__(self, config: PoolConfig, context: multiprocessing.context.BaseContext, base_seed: int,
-                 max_restarts: int = 0, skip_items: list[int] | None = None) -> None:
+                 sample_seed: int, max_restarts: int = 0, skip_items: list[int] | None = None) -> None:
         self.config = config
         self.slots = SlotTable()
         self._context = context
-        self._base_seed = base_seed
+        #: the workers' RNGs are seeded base_seed + worker_id, for the pool's life (torch's rule)
+        self.base_seed = base_seed
         #: iterable datasets: items each worker skips at the start of its first epoch (a resume)
         self._skip_items = skip_items
-        self._epoch_seed: int | None = None  # set by start_epoch: what a restarted worker must use
+        #: the current epoch's sample seed: what a restarted worker must use
+        self._sample_seed = sample_seed
         self.max_restarts = max_restarts
         #: workers replaced so far (see NOTE [ Worker restart ])
         self.restarts = 0
@@ -165,7 +167,7 @@ class WorkerPool:
         # exits: only the main thread lives as long as the process (NOTE [ Worker lifecycle ]).
         die_with_parent = threading.current_thread() is threading.main_thread()
         skip = self._skip_items[worker_id] if self._skip_items else 0
-        worker_config = WorkerConfig(self.config, worker_id, self._base_seed, die_with_parent, skip)
+        worker_config = WorkerConfig(self.config, worker_id, self.base_seed, self._sample_seed, die_with_parent, skip)
         process = self._context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
@@ -201,16 +203,16 @@ class WorkerPool:
         self._send(worker_id, messages.Task(task_id, indices, released))
         self.outstanding[worker_id][task_id] = indices
 
-    def start_epoch(self, base_seed: int, first_task_id: int, skip_items: list[int] | None = None) -> None:
+    def start_epoch(self, sample_seed: int, first_task_id: int, skip_items: list[int] | None = None) -> None:
         """Begin a new epoch on a persistent pool; answers to older tasks will be dropped.
         ``skip_items``: per worker, items its iterable dataset's stream skips (a resume)."""
         self._current_floor = first_task_id
-        self._epoch_seed = base_seed
+        self._sample_seed = sample_seed
         for worker_id in range(self.num_workers):
             if self._processes[worker_id].is_alive():
                 released = self.slots.take_released(self._incarnation[worker_id])
                 skip = skip_items[worker_id] if skip_items else 0
-                self._send(worker_id, messages.StartEpoch(base_seed, released, skip))
+                self._send(worker_id, messages.StartEpoch(sample_seed, released, skip))
 
     def _send(self, worker_id: int, message: Any) -> None:
         try:
@@ -307,8 +309,6 @@ class WorkerPool:
         self._incarnation[worker_id] = max(self._incarnation) + 1
         self.restarts += 1
         self._start_worker(worker_id)
-        if self._epoch_seed is not None:
-            self._send(worker_id, messages.StartEpoch(self._epoch_seed))
         for task_id, task in sorted(self.outstanding[worker_id].items()):
             self._send(worker_id, messages.Task(task_id, task))
         logger.warning("fastload: %s; restarted it as pid %d (restart %d of max_worker_restarts=%d)",

@@ -93,7 +93,10 @@ class WorkerConfig:
 
     pool: PoolConfig
     worker_id: int
+    #: torch's: the worker seeds its RNGs with base_seed + worker_id
     base_seed: int
+    #: the first epoch's seed for per-sample seeding and replacements
+    sample_seed: int
     die_with_parent: bool
     #: items of the iterable dataset's stream to skip in the first epoch (a resume)
     skip_items: int = 0
@@ -170,7 +173,7 @@ class _WorkerLoop:
         try:
             if pool.worker_init_fn is not None:
                 pool.worker_init_fn(config.worker_id)
-            self.fetcher.start_epoch(config.base_seed, config.skip_items)
+            self.fetcher.start_epoch(config.sample_seed, config.skip_items)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
@@ -190,7 +193,7 @@ class _WorkerLoop:
 
     def _start_epoch(self, message: messages.StartEpoch) -> None:
         try:
-            self.fetcher.start_epoch(message.base_seed, message.skip_items)
+            self.fetcher.start_epoch(message.sample_seed, message.skip_items)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while calling iter(dataset)")
             self._send(messages.Error(None, self.slots.take_retired(), wrapper))
