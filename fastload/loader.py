@@ -8,8 +8,9 @@ import os
 import time
 import warnings
 import weakref
+from multiprocessing.process import BaseProcess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.utils.data
@@ -39,11 +40,14 @@ from .samplers import RandomSampler, SequentialSampler, checked_count
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
 
+#: The type of the dataset's samples: ``fastload.DataLoader[T]``, as ``torch.utils.data.DataLoader[T]``.
+T_co = TypeVar("T_co", covariant=True)
+
 #: Smallest slot a worker creates (bytes); larger batches get larger slots.
 DEFAULT_MIN_SLOT_BYTES = 1 << 20
 
 
-class DataLoader(torch.utils.data.DataLoader):
+class DataLoader(torch.utils.data.DataLoader[T_co]):
     """A drop-in replacement for :class:`torch.utils.data.DataLoader`.
 
     Every argument of torch's DataLoader has the same meaning here (see its
@@ -101,7 +105,7 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def __init__(
         self,
-        dataset: Dataset[Any],
+        dataset: Dataset[T_co],
         batch_size: int | None = 1,
         shuffle: bool | None = None,
         sampler: Sampler[Any] | Iterable[Any] | None = None,
@@ -227,19 +231,20 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"pin_memory_device is deprecated in torch; use device={self.pin_memory_device!r} "
                 "to get batches on that device."
             )
-        source = self._start_epoch()
+        source, workers = self._start_epoch()
         if self.persistent_workers and self.num_workers > 0:
             live = self._iterator() if self._iterator is not None else None
             if live is not None:
-                live.restart(source, self._progress, self._telemetry)
+                live.restart(source, self._progress, self._telemetry, workers)
                 return live
-            live = EpochIterator(source, self._progress, self._telemetry)
+            live = EpochIterator(source, self._progress, self._telemetry, workers)
             self._iterator = weakref.ref(live)
             return live
-        return EpochIterator(source, self._progress, self._telemetry)
+        return EpochIterator(source, self._progress, self._telemetry, workers)
 
-    def _start_epoch(self) -> Iterator[Any]:
-        """The next epoch's batches, through every stage. The loader (its epoch, the
+    def _start_epoch(self) -> tuple[Iterator[Any], list[BaseProcess] | None]:
+        """The next epoch's batches, through every stage, and its worker processes (None
+        in-process). The loader (its epoch, the
         resume point, errors, telemetry, the sampler and the loader's own generator) is
         left as it was if they cannot be started: trying again starts the same epoch."""
         before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root
@@ -268,12 +273,14 @@ class DataLoader(torch.utils.data.DataLoader):
         self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
         self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
         try:
-            batches: Iterator[Any] = self._make_iterator(progress.base_seed, sample_seed(self._sample_root, epoch),
-                                                         batching, resume)
+            loader_iterator = self._make_iterator(progress.base_seed, sample_seed(self._sample_root, epoch), batching,
+                                                  resume)
+            workers = loader_iterator.workers if isinstance(loader_iterator, PoolIterator) else None
+            batches: Iterator[Any] = loader_iterator
             if self.batch_transform is not None:
                 batches = MappedIterator(batches, self.batch_transform)
             return transfer_stage(batches, pin_memory=self.pin_memory, device=self.device, depth=self.device_prefetch,
-                                  warn_once=self._warn_once, telemetry=self._telemetry)
+                                  warn_once=self._warn_once, telemetry=self._telemetry), workers
         except BaseException:
             self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root = before
             if progress.generator_state is not None:

@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from .fetch import EndOfData, SampleFetcher, SkippedTask
@@ -44,17 +45,30 @@ class PoolLease:
 class EpochIterator:
     """What ``iter(loader)`` returns: reports each batch actually handed to the user (the
     stages below it prefetch ahead) and the end of the epoch to its :class:`EpochProgress`
-    (NOTE [ Resume ]), and with telemetry times how long the user waited for each batch."""
+    (NOTE [ Resume ]), and with telemetry times how long the user waited for each batch.
 
-    def __init__(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None) -> None:
-        self.restart(source, progress, telemetry)
+    ``_workers``, as on torch's multi-process iterator: the worker processes (the pool's
+    own list, so a restarted worker shows as its new process).
+    """
 
-    def restart(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None) -> None:
+    def __init__(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None,
+                 workers: list[BaseProcess] | None) -> None:
+        self.restart(source, progress, telemetry, workers)
+
+    def restart(self, source: Iterator[Any], progress: EpochProgress, telemetry: EpochTelemetry | None,
+                workers: list[BaseProcess] | None) -> None:
         """Go on with a new epoch: a persistent loader's ``iter()`` resets its live
         iterator, as torch's does, instead of running two over one pool."""
         self._source = source
         self._progress = progress
         self._telemetry = telemetry
+        self._worker_processes = workers
+
+    @property
+    def _workers(self) -> list[BaseProcess]:
+        if self._worker_processes is None:  # torch's single-process iterator has none either
+            raise AttributeError("'_workers': a loader with num_workers=0 runs in the main process, it has no workers")
+        return self._worker_processes
 
     def __iter__(self) -> EpochIterator:
         return self
@@ -115,6 +129,7 @@ class LoaderIterator:
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
         self._len_reported = loader._IterableDataset_len_called
+        self._num_workers = loader.num_workers
         self._make_tasks = tasks
         self._tasks: Iterator[tuple[Any, Any]] = iter(())
         self._length = length
@@ -133,13 +148,15 @@ class LoaderIterator:
         data = self._next_data()
         self._num_yielded += 1
         if self._iterable and self._len_reported is not None and self._num_yielded > self._len_reported:
-            warnings.warn(
-                f"Length of IterableDataset {self._dataset} was reported to be {self._len_reported} "
-                f"(when accessing len(dataloader)), but {self._num_yielded} samples have been fetched. "
-                "With several workers, each worker must yield its own shard "
-                "(use fastload.get_worker_info() inside __iter__).",
-                stacklevel=2,
-            )
+            # torch's words (tools match on them), then fastload's hint
+            message = (f"Length of IterableDataset {self._dataset} was reported to be {self._len_reported}"
+                       f"(when accessing len(dataloader)), but {self._num_yielded} samples have been fetched. ")
+            if self._num_workers > 0:
+                message += ("For multiprocessing data-loading, this could be caused by not properly configuring the "
+                            "IterableDataset replica at each worker. Please see "
+                            "https://pytorch.org/docs/stable/data.html#torch.utils.data.IterableDataset for examples. "
+                            "fastload: each worker must yield its own shard (use get_worker_info() inside __iter__).")
+            warnings.warn(message, stacklevel=2)
         return data
 
     def _next_data(self) -> Any:
@@ -246,6 +263,11 @@ class PoolIterator(LoaderIterator):
         except BaseException:
             self._fail()
             raise
+
+    @property
+    def workers(self) -> list[BaseProcess]:
+        """The pool's worker processes."""
+        return self._pool.processes
 
     def _dispatch(self) -> None:
         if self._sampler_done or len(self._sent) >= self._max_outstanding:

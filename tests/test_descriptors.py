@@ -20,8 +20,10 @@ from .conftest import pid_alive, wait_until
 from .datasets import Squares
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# torch's RuntimeError, word for word (torch/utils/data/dataloader.py)
 TORCH_ADVICE = "Too many open files. Communication with the workers is no longer possible. Please increase the " \
-               "limit using `ulimit -n` in the shell"
+               "limit using `ulimit -n` in the shell or change the sharing strategy by calling " \
+               "`torch.multiprocessing.set_sharing_strategy('file_system')` at the beginning of your code"
 
 
 def slot_descriptors(pid: int) -> list[str]:

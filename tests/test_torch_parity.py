@@ -8,7 +8,10 @@ are equal, for a loader ``generator`` or the global seed alike.
 
 from __future__ import annotations
 
+import multiprocessing.process
 import random
+import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,8 @@ import torch
 import torch.utils.data as tud
 
 import fastload
+
+from .conftest import child_pids, wait_until
 
 CONFIGURATIONS = 200
 
@@ -149,3 +154,78 @@ def test_a_sampler_generator_set_after_construction_makes_two_ranks_agree():
     torch_loader = tud.DataLoader(DrawingDataset(32), batch_size=8, shuffle=True)
     torch_loader.sampler.generator = torch.Generator().manual_seed(42)
     assert torch.equal(torch.cat(list(torch_loader))[:, 0], orders[0])
+
+
+# Messages people and tools match on: torch's words first (then fastload's hint).
+
+class ClaimsThree(tud.IterableDataset):
+    def __len__(self) -> int:
+        return 3
+
+    def __iter__(self):
+        return iter(range(5))
+
+    def __repr__(self) -> str:
+        return "ClaimsThree()"
+
+
+def _warnings_of(run) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run()
+        except Exception:
+            pass
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_iterable_dataset_longer_than_its_len_warns_in_torchs_words(num_workers):
+    def run(cls):
+        loader = cls(ClaimsThree(), batch_size=None, num_workers=num_workers)
+        len(loader)
+        list(loader)
+
+    theirs = [m for m in _warnings_of(lambda: run(tud.DataLoader)) if m.startswith("Length of IterableDataset")]
+    ours = [m for m in _warnings_of(lambda: run(fastload.DataLoader)) if m.startswith("Length of IterableDataset")]
+    assert theirs and len(ours) == len(theirs)
+    assert all(o.startswith(t) for o, t in zip(ours, theirs)), (ours[0], theirs[0])
+    assert ("each worker must yield its own shard" in ours[0]) == (num_workers > 0)
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_an_unpicklable_argument_warns_in_torchs_words_and_names_itself(context, no_leaks):
+    def run(cls):
+        list(cls(range(8), batch_size=4, num_workers=2, collate_fn=lambda batch: batch,
+                 multiprocessing_context=context))
+
+    theirs = [m for m in _warnings_of(lambda: run(tud.DataLoader)) if "pickle error" in m]
+    assert theirs
+    with pytest.warns(UserWarning) as caught, pytest.raises(TypeError, match=r"collate_fn=<function .*<lambda>"):
+        run(fastload.DataLoader)
+    assert [str(w.message) for w in caught if "pickle error" in str(w.message)] == theirs
+
+
+def test_the_loader_is_generic_as_torchs():
+    assert typing.get_args(fastload.DataLoader[int]) == (int,)
+    assert typing.get_origin(fastload.DataLoader[int]) is fastload.DataLoader
+    assert len(fastload.DataLoader.__parameters__) == len(tud.DataLoader.__parameters__) == 1
+    loader = fastload.DataLoader[int](range(4), batch_size=2)
+    assert isinstance(loader, tud.DataLoader) and [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_the_iterator_lists_its_worker_processes_as_torchs_does(persistent, no_leaks):
+    loader = fastload.DataLoader(range(8), batch_size=2, num_workers=2, persistent_workers=persistent)
+    it = iter(loader)
+    workers = it._workers
+    assert len(workers) == 2 and all(isinstance(w, multiprocessing.process.BaseProcess) for w in workers)
+    assert all(w.is_alive() for w in workers) and len({w.pid for w in workers}) == 2
+    assert {w.pid for w in workers} <= child_pids()
+    list(it)
+    if persistent:
+        assert all(w.is_alive() for w in iter(loader)._workers)
+    else:
+        assert wait_until(lambda: not any(w.is_alive() for w in workers))
+    assert not hasattr(iter(fastload.DataLoader(range(4))), "_workers")
+    assert not hasattr(iter(tud.DataLoader(range(4))), "_workers")

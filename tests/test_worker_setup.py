@@ -24,10 +24,12 @@ class HoldsALock(Squares):
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_unpicklable_parts_are_named_before_any_worker_runs(context, no_leaks):
     with pytest.raises(TypeError, match=rf"'{context}' start method .* DataLoader's collate_fn by pickling, and "
-                                        r"collate_fn=<function .*<lambda>.* cannot be pickled"):
+                                        r"collate_fn=<function .*<lambda>.* cannot be pickled"), \
+            pytest.warns(UserWarning, match="Got pickle error when attempting to start a worker Process"):
         list(fastload.DataLoader(Squares(8), num_workers=2, collate_fn=lambda batch: batch,
                                  multiprocessing_context=context))
-    with pytest.raises(TypeError, match=r"DataLoader's dataset by pickling.*cannot pickle '_thread.lock'"):
+    with pytest.raises(TypeError, match=r"DataLoader's dataset by pickling.*cannot pickle '_thread.lock'"), \
+            pytest.warns(UserWarning, match="Got pickle error when attempting to start a worker Process"):
         list(fastload.DataLoader(HoldsALock(8), num_workers=2, multiprocessing_context=context))
 
 

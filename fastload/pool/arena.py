@@ -93,14 +93,17 @@ def anonymous_file(name: str, capacity: int) -> int:
 
 def too_many_open_files(consequence: str) -> RuntimeError:
     """The error for a process that reached its limit of open descriptors (``EMFILE``):
-    torch's advice, then what holds descriptors when fastload is the loader."""
+    torch's words (its main-process error, for tools that match on them), then what
+    helps when fastload is the loader."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return RuntimeError(
-        f"Too many open files. {consequence} Please increase the limit using `ulimit -n` in the shell (or "
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ...) in Python; it is {soft} here, at most {hard}). fastload "
-        "holds no descriptor per batch or per slot, only a few per worker (its socket and process handles), so "
-        "the descriptors in use are the program's own: files or sockets opened and never closed (by the dataset, "
-        "or by the code around the loader), or the workers of many DataLoaders alive at once."
+        f"Too many open files. {consequence} Please increase the limit using `ulimit -n` in the shell or change the "
+        "sharing strategy by calling `torch.multiprocessing.set_sharing_strategy('file_system')` at the beginning "
+        "of your code. fastload: its batches do not go through torch's sharing strategy, so raising the limit is "
+        f"what helps (resource.setrlimit(resource.RLIMIT_NOFILE, ...) in Python; it is {soft} here, at most "
+        f"{hard}). fastload holds no descriptor per batch or per slot, only a few per worker (its socket and "
+        "process handles), so the descriptors in use are the program's own: files or sockets opened and never "
+        "closed (by the dataset, or by the code around the loader), or the workers of many DataLoaders alive at once."
     )
 
 

@@ -45,6 +45,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from multiprocessing import reduction
@@ -182,7 +183,9 @@ class WorkerPool:
             process.start()
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             # spawn/forkserver pickle the worker's configuration in start(), before any
-            # worker runs: say which object could not be sent, not just that one could not.
+            # worker runs: torch's warning (tools match on it), then an error that says
+            # which object could not be sent, not just that one could not.
+            warnings.warn(TORCH_PICKLE_WARNING, stacklevel=2)
             raise _unpicklable(self.config, self._context, exc) from exc
         except OSError as exc:
             if exc.errno == errno.EMFILE:
@@ -194,6 +197,11 @@ class WorkerPool:
     @property
     def num_workers(self) -> int:
         return self.config.num_workers
+
+    @property
+    def processes(self) -> list[multiprocessing.process.BaseProcess]:
+        """The worker processes, by worker id (a restart replaces its entry in place)."""
+        return self._processes
 
     def is_active(self, worker_id: int) -> bool:
         return self._accepting[worker_id]
@@ -380,6 +388,14 @@ def _receive_fd(sock: socket.socket) -> int:
 
 
 _NO_COMMUNICATION = "Communication with the workers is no longer possible."
+
+#: torch's DataLoader warns this, word for word, when a worker's arguments cannot be pickled.
+TORCH_PICKLE_WARNING = (
+    "Got pickle error when attempting to start a worker Process. This might be because the worker Process arguments "
+    "are not picklable. Python 3.14+ changed the multiprocessing start method in non-Mac POSIX platforms to "
+    "'forkserver', which requires the worker Process arguments to be picklable. You can also try "
+    "multiprocessing.set_start_method('fork')."
+)
 
 
 def _wait_for_exit(process: multiprocessing.process.BaseProcess, timeout: float) -> int | None:
