@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -48,13 +51,59 @@ def test_seed_per_sample_differs_between_epochs():
 def test_seed_per_sample_does_not_disturb_the_training_loops_rng():
     loader = fastload.DataLoader(RandomAugment(), batch_size=8, generator=torch.Generator().manual_seed(1),
                                  seed_per_sample=True)
-    torch.manual_seed(0)
+    def draws():
+        return torch.rand(3).tolist(), random.random(), np.random.rand()
+
+    def seeded():
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+
+    seeded()
     for _ in loader:
         pass
-    observed = torch.rand(3)
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    assert torch.equal(observed, expected)
+    observed = draws()
+    seeded()
+    assert observed == draws()
+
+
+class BatchFetched(torch.utils.data.Dataset):
+    """Fetches whole batches (``__getitems__``, as HF datasets and torch's Subset do), with a
+    random augmentation drawn per sample; each sample says it came through __getitems__."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i), torch.rand(()).item(), 0.0])
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        noise = torch.rand(len(indices))
+        return [torch.tensor([float(i), float(v), 1.0]) for i, v in zip(indices, noise)]
+
+
+def test_seed_per_sample_fetches_batches_through_getitems_seeded_per_batch():
+    reference = torch.cat(epoch(BatchFetched(), 0, seed_per_sample=True))
+    assert reference[:, 2].eq(1).all()  # every sample came through __getitems__
+    for num_workers in (1, 2):
+        assert torch.equal(torch.cat(epoch(BatchFetched(), num_workers, seed_per_sample=True)), reference)
+    assert len(set(reference[:, 1].tolist())) == len(reference)  # random: no two draws alike
+    assert not torch.equal(torch.cat(epoch(BatchFetched(), 0, seed=8, seed_per_sample=True)).sort(0).values,
+                           reference.sort(0).values)
+
+
+def test_seed_per_sample_is_the_same_with_or_without_persistent_workers():
+    def two_epochs(**kwargs):
+        loader = fastload.DataLoader(RandomAugment(), batch_size=4, shuffle=True, seed_per_sample=True,
+                                     generator=torch.Generator().manual_seed(2), **kwargs)
+        return [torch.cat(list(loader)) for _ in range(2)]
+
+    reference = two_epochs()
+    for other in (two_epochs(num_workers=2), two_epochs(num_workers=2, persistent_workers=True)):
+        # the orders differ from epoch 1 on (torch draws a base seed per epoch only without
+        # persistent workers); each sample's augmentation does not
+        for ours, theirs in zip(other, reference):
+            assert torch.equal(ours[ours[:, 0].argsort()], theirs[theirs[:, 0].argsort()])
 
 
 def test_default_worker_seeding_follows_torchs_rule_and_is_reproducible():

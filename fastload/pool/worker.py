@@ -39,6 +39,7 @@ import copy
 import ctypes
 import os
 import pickle
+import random
 import signal
 import socket
 import threading
@@ -54,7 +55,7 @@ from torch._utils import ExceptionWrapper
 from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
-from ..fetch import EndOfData, SampleFetcher, SkippedTask, seed_global_rngs
+from ..fetch import EndOfData, SampleFetcher, SkippedTask
 from ..telemetry import collect_into
 from . import messages
 from .arena import WorkerSlots
@@ -120,7 +121,8 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _seed_like_torch(base_seed: int, worker_id: int) -> int:
     seed = base_seed + worker_id
-    seed_global_rngs(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
     np.random.seed(torch_worker._generate_state(base_seed, worker_id))
     return seed
 
