@@ -229,3 +229,41 @@ def test_the_iterator_lists_its_worker_processes_as_torchs_does(persistent, no_l
         assert wait_until(lambda: not any(w.is_alive() for w in workers))
     assert not hasattr(iter(fastload.DataLoader(range(4))), "_workers")
     assert not hasattr(iter(tud.DataLoader(range(4))), "_workers")
+
+
+class OddlyStrided(tud.Dataset):
+    """Tensors whose strides are not the contiguous ones."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        base = torch.arange(120.0) + 1000 * index
+        return {
+            "expanded": torch.arange(3.0).expand(1000, 3),
+            "channels_last": base.reshape(1, 4, 5, 6).contiguous(memory_format=torch.channels_last),
+            "transposed": base[:24].reshape(4, 6).t(),
+            "every_third": base[::3],
+            "contiguous": base[10:20],
+            "empty_transposed": torch.empty(0, 3).t(),
+            "row_of_a_column": base[:4].reshape(4, 1).t(),  # contiguous, with a stride of its own on a size-1 dim
+        }
+
+
+def _strides(batch: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    return {key: (value.shape, value.stride(), value.dtype) for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("batch_size, collate_fn", [(None, None), (2, lambda samples: samples[-1])])
+def test_tensors_keep_torchs_strides_and_memory_format(num_workers, batch_size, collate_fn, no_leaks):
+    def run(cls):
+        return list(cls(OddlyStrided(), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                        multiprocessing_context="fork" if num_workers else None))
+
+    theirs, ours = run(tud.DataLoader), run(fastload.DataLoader)
+    assert [_strides(b) for b in ours] == [_strides(b) for b in theirs]
+    for mine, reference in zip(ours, theirs):
+        assert all(torch.equal(mine[key], reference[key]) for key in reference)
+        assert mine["channels_last"].is_contiguous(memory_format=torch.channels_last)
+        assert mine["expanded"].untyped_storage().nbytes() == 3 * 4  # not materialised

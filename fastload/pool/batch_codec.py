@@ -3,8 +3,12 @@
 A batch of any structure (tuples, dicts, dataclasses, user objects) is pickled with a
 ``persistent_id`` hook. Every large leaf — a plain CPU tensor, a numeric numpy array or a
 :class:`~fastload.collate.StackPlan` — is replaced in the pickle by its index in a
-*layout*: ``(offset, nbytes, dtype, shape, kind)`` with ``kind`` ``"t"`` (tensor) or
-``"n"`` (ndarray). The leaves are written into one slot at those offsets. The message
+*layout*: ``(offset, nbytes, dtype, shape, kind, stride)`` with ``kind`` ``"t"`` (tensor)
+or ``"n"`` (ndarray). The leaves are written into one slot at those offsets. A tensor
+that is not contiguous (a transposed view, channels_last, an expanded tensor) keeps its
+strides, as it does through torch's DataLoader: the span of storage it addresses is
+copied, and the main process views it with the same strides (``stride`` is None for a
+contiguous one). The message
 that crosses the socket is the pickle plus the layout: a few hundred bytes for a typical
 batch, whatever the batch's size. See NOTE [ Slot protocol ] in ``arena.py``.
 
@@ -25,8 +29,8 @@ import torch
 from ..collate import StackPlan
 from .arena import LEAF_ALIGNMENT, AcquiredSlot, WorkerSlots, align_up
 
-# (offset, nbytes, dtype, shape, kind)
-LayoutEntry = tuple[int, int, Any, tuple[int, ...], str]
+# (offset, nbytes, dtype, shape, kind, stride)
+LayoutEntry = tuple[int, int, Any, tuple[int, ...], str, tuple[int, ...] | None]
 
 
 @dataclass
@@ -39,17 +43,36 @@ class PackedBatch:
     slot: AcquiredSlot | None
 
 
-def _slot_leaf(obj: Any) -> tuple[int, Any, tuple[int, ...], str] | None:
-    """(nbytes, dtype, shape, kind) if ``obj`` travels through the slot, else None."""
+def _slot_leaf(obj: Any) -> tuple[int, Any, tuple[int, ...], str, tuple[int, ...] | None] | None:
+    """(nbytes, dtype, shape, kind, stride) if ``obj`` travels through the slot, else None."""
     if isinstance(obj, StackPlan):
-        return obj.nbytes, obj.dtype, obj.shape, "t"
+        return obj.nbytes, obj.dtype, obj.shape, "t", None
     if type(obj) is torch.Tensor:
         if obj.device.type == "cpu" and obj.layout == torch.strided and not obj.requires_grad and not obj.is_quantized:
-            return obj.numel() * obj.element_size(), obj.dtype, tuple(obj.shape), "t"
+            shape, stride = tuple(obj.shape), tuple(obj.stride())
+            if stride == _contiguous_strides(shape):
+                return obj.numel() * obj.element_size(), obj.dtype, shape, "t", None
+            return _span(obj) * obj.element_size(), obj.dtype, shape, "t", stride
         return None
     if type(obj) is np.ndarray and obj.dtype.kind in "biufc" and not obj.dtype.hasobject:
-        return obj.nbytes, obj.dtype, obj.shape, "n"
+        return obj.nbytes, obj.dtype, obj.shape, "n", None
     return None
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _span(tensor: torch.Tensor) -> int:
+    """How many elements of storage a tensor's view reaches, from its first (torch's
+    strides are never negative)."""
+    if tensor.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
 
 
 class _LeafCollector(pickle.Pickler):
@@ -63,8 +86,8 @@ class _LeafCollector(pickle.Pickler):
         leaf = _slot_leaf(obj)
         if leaf is None:
             return None
-        nbytes, dtype, shape, kind = leaf
-        self.layout.append((self.nbytes, nbytes, dtype, shape, kind))
+        nbytes, dtype, shape, kind, stride = leaf
+        self.layout.append((self.nbytes, nbytes, dtype, shape, kind, stride))
         self.leaves.append(obj)
         self.nbytes = align_up(self.nbytes + nbytes, LEAF_ALIGNMENT)
         return len(self.layout) - 1
@@ -90,13 +113,16 @@ def _write_leaves(buffer: Any, layout: list[LayoutEntry], leaves: list[Any]) -> 
     # Views of the slot must not outlive this call: they would keep the slot mapped
     # after it is retired.
     whole = torch.frombuffer(buffer, dtype=torch.uint8)
-    for (offset, nbytes, dtype, shape, kind), leaf in zip(layout, leaves):
+    for (offset, nbytes, dtype, shape, kind, stride), leaf in zip(layout, leaves):
         if nbytes == 0:
             continue
         if kind == "n":
             np.frombuffer(buffer, dtype=dtype, count=leaf.size, offset=offset).reshape(shape)[...] = leaf
         elif isinstance(leaf, StackPlan):
             leaf.stack_into(whole[offset : offset + nbytes].view(dtype).view(shape))
+        elif stride is not None:  # the storage span it addresses, gaps and shared elements as they are
+            span = nbytes // leaf.element_size()
+            whole[offset : offset + nbytes].view(dtype).copy_(leaf.as_strided((span,), (1,)))
         else:
             whole[offset : offset + nbytes].view(dtype).view(shape).copy_(leaf)
 
@@ -108,15 +134,16 @@ class _LeafResolver(pickle.Unpickler):
         self.lease = lease
 
     def persistent_load(self, pid: int) -> Any:
-        offset, nbytes, dtype, shape, kind = self.layout[pid]
+        offset, nbytes, dtype, shape, kind, stride = self.layout[pid]
         if kind == "n":
             if nbytes == 0:
                 return np.empty(shape, dtype=dtype)
             return self.lease[offset : offset + nbytes].view(dtype).reshape(shape)
         if nbytes == 0:
-            return torch.empty(shape, dtype=dtype)
+            return torch.empty(shape, dtype=dtype) if stride is None else torch.empty_strided(shape, stride, dtype=dtype)
         # The tensor's storage holds a reference to the lease: see NOTE [ Slot protocol ].
-        return torch.frombuffer(self.lease, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).view(shape)
+        flat = torch.frombuffer(self.lease, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
+        return flat.view(shape) if stride is None else flat.as_strided(shape, stride)
 
 
 def unpack_batch(skeleton: bytes, layout: list[LayoutEntry], lease: np.ndarray | None) -> Any:
