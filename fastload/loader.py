@@ -8,8 +8,8 @@ import os
 import time
 import warnings
 import weakref
-from multiprocessing.process import BaseProcess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 import torch
@@ -244,16 +244,17 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
 
     def _start_epoch(self) -> tuple[Iterator[Any], list[BaseProcess] | None]:
         """The next epoch's batches, through every stage, and its worker processes (None
-        in-process). The loader (its epoch, the
-        resume point, errors, telemetry, the sampler and the loader's own generator) is
-        left as it was if they cannot be started: trying again starts the same epoch."""
+        in-process). The loader (its epoch, the resume point, errors, telemetry, the
+        sampler and the generators) is left as it was if they cannot be started: trying
+        again starts the same epoch."""
         before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root
         epoch, resume = self._next_epoch, self._resume
         batching = batching_of(self)
         roles = sampler_roles(batching)
         generator = getattr(roles.seeded, "generator", None)
         own_generator = self._own_generator(roles)
-        own_before = own_generator.get_state() if own_generator is not None else None
+        loader_generator = self.generator if isinstance(self.generator, torch.Generator) else None
+        before_draw = loader_generator.get_state() if loader_generator is not None else None
         streams = max(1, self.num_workers) if batching.unit == "items" else None
         progress = EpochProgress(epoch, resume, streams)
         # torch's order of draws (NOTE [ Seeds ]): the base seed now, the sampler's at its first index.
@@ -285,8 +286,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root = before
             if progress.generator_state is not None:
                 generator.set_state(progress.generator_state)
-            if own_before is not None:
-                own_generator.set_state(own_before)
+            if before_draw is not None:  # last: it may be the sampler's generator too
+                loader_generator.set_state(before_draw)
             raise
 
     def _draws_once(self) -> bool:

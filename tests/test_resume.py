@@ -458,6 +458,31 @@ def test_an_iterator_that_failed_to_start_leaves_the_resume_point():
     assert head + indices_of(resumed) == list(range(20))  # the retry resumes where the state said
 
 
+class PicklesOnTheSecondTry(Squares):
+    """Cannot be sent to a forkserver worker the first time the loader tries."""
+
+    tries = 0
+
+    def __getstate__(self):
+        type(self).tries += 1
+        if type(self).tries == 1:
+            raise TypeError("not yet")
+        return self.__dict__
+
+
+def test_a_failed_iter_draws_nothing_the_retry_draws_again(no_leaks):
+    """torch's draws (base seed, then the permutation, from the shared generator) come out
+    as if the failed iter() had not happened."""
+    def loader(dataset):
+        return fastload.DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2,
+                                   multiprocessing_context="forkserver", generator=torch.Generator().manual_seed(3))
+
+    failing = loader(PicklesOnTheSecondTry(16))
+    with pytest.raises(TypeError, match="cannot be pickled"), pytest.warns(UserWarning, match="Got pickle error"):
+        iter(failing)
+    assert_same(list(failing), list(loader(Squares(16))))
+
+
 def test_a_batch_lost_on_its_way_to_the_user_is_not_counted_as_delivered():
     lost = []
 
