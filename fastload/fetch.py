@@ -294,12 +294,18 @@ class SampleFetcher:
 
 
 class _preserved_global_rngs:
+    """The global RNGs :func:`seed_sample_rngs` seeds, saved and given back (CUDA's too,
+    where it is initialized: seeding a sample seeds it then)."""
+
     def __enter__(self) -> None:
-        self._states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self._states = (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
 
     def __exit__(self, *exc: object) -> None:
-        py_state, np_state, torch_state = self._states
+        py_state, np_state, torch_state, cuda_states = self._states
         random.setstate(py_state)
         np.random.set_state(np_state)
         torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 

@@ -36,7 +36,7 @@ from .resume import (
     settled_from_state,
 )
 from .sample_errors import POLICIES, ErrorLog, SampleFailure
-from .samplers import RandomSampler, SequentialSampler, checked_count
+from .samplers import RandomSampler, SequentialSampler, checked_count, checked_seed
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
 
@@ -266,8 +266,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if own_generator is not None:
             progress.loader_generator_state = own_generator.get_state()
         # The epoch's order starts here, whenever the samplers begin to draw it (NOTE [ Resume ]).
+        sampler_before = None
         if roles.resumable is not None:
             progress.sampler_epoch = roles.resumable.next_epoch()
+            sampler_before = {**roles.resumable.next_state(),
+                              "start": resume.prefix if resume is not None and resume.jumped else 0}
         if isinstance(generator, torch.Generator):
             progress.generator_state = generator.get_state()
         self._next_epoch, self._resume, self._progress = epoch + 1, None, progress
@@ -286,6 +289,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root = before
             if progress.generator_state is not None:
                 generator.set_state(progress.generator_state)
+            if sampler_before is not None and roles.resumable.begun(progress.sampler_epoch):
+                roles.resumable.load_state_dict(sampler_before)
             if before_draw is not None:  # last: it may be the sampler's generator too
                 loader_generator.set_state(before_draw)
             raise
@@ -368,6 +373,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             del sampler_state["start"]  # the loader's own positions say where to start
         return {"format": STATE_FORMAT, "epoch": epoch, "batches": point.batches, "settled": settled,
                 "base_seed": base_seed, "sample_root": self._sample_root, "draws_once": self._draws_once(),
+                "drawn": bool(progress is not None and not progress.finished and progress.drawn),
                 "generator": encode_generator_state(own_state),
                 "sampler": sampler_state, "sampler_generator": encode_generator_state(generator_state),
                 "order": order_description(self, batching)}
@@ -397,8 +403,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         where = "DataLoader.load_state_dict"
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: state must be a mapping (what state_dict() returns), got {type(state).__name__}")
-        missing = {"format", "epoch", "batches", "settled", "base_seed", "sample_root", "draws_once", "generator",
-                   "sampler", "sampler_generator", "order"} - set(state)
+        missing = {"format", "epoch", "batches", "settled", "base_seed", "sample_root", "draws_once", "drawn",
+                   "generator", "sampler", "sampler_generator", "order"} - set(state)
         if missing:
             raise KeyError(f"{where}: state lacks {sorted(missing)} (a state from fastload.DataLoader.state_dict() "
                            "has them all)")
@@ -411,10 +417,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             raise ValueError(f"{where}: order must be a mapping, got {state['order']!r}")
         check_same_order(state["order"], order_description(self, batching))
         epoch = checked_count(state["epoch"], f"{where}: epoch")
-        base_seed, sample_root = (None if state[key] is None else checked_count(state[key], f"{where}: {key}")
+        base_seed, sample_root = (None if state[key] is None else checked_seed(state[key], f"{where}: {key}")
                                   for key in ("base_seed", "sample_root"))
-        if not isinstance(state["draws_once"], bool):
-            raise ValueError(f"{where}: draws_once must be a bool, got {state['draws_once']!r}")
+        for key in ("draws_once", "drawn"):
+            if not isinstance(state[key], bool):
+                raise ValueError(f"{where}: {key} must be a bool, got {state[key]!r}")
         sampler_state = state["sampler"]
         bound = len(batching.sampler) if isinstance(batching.sampler, Sized) else None
         if roles.resumable is not None:
@@ -437,6 +444,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             if state["sampler_generator"] is None:
                 raise ValueError(f"{where}: the state holds no generator state for this loader's "
                                  f"{type(roles.seeded).__name__}")
+        # Drawn from the global RNG before the state was taken, the order cannot be drawn again.
+        redrawn = roles.seeded is not None and not isinstance(generator, torch.Generator) and state["drawn"]
         if isinstance(generator, torch.Generator) and state["sampler_generator"] is not None:
             generator_state = decode_generator_state(state["sampler_generator"], generator,
                                                      f"{where}: sampler_generator")
@@ -458,6 +467,15 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             own_generator.set_state(own_state)
         point.base_seed = base_seed
         self._next_epoch, self._progress, self._resume, self._sample_root = epoch, None, point, sample_root
+        if self._pool is not None and base_seed is not None and base_seed != self._pool.base_seed:
+            # Persistent workers seeded otherwise: the next iter() starts them with the state's seeds.
+            pool, self._pool = self._pool, None
+            pool.shutdown()
+        if redrawn:
+            self._warn_once(
+                f"fastload: the state was taken after {type(roles.seeded).__name__} had drawn its epoch's order from "
+                "torch's global random generator, which cannot be drawn again: the resumed epoch delivers every "
+                "sample once, in a new order. Give the sampler generator=torch.Generator() for the same order.")
         if state["draws_once"] != self._draws_once():
             taken, this = ("with", "has none") if state["draws_once"] else ("without", "has them")
             self._warn_once(

@@ -189,6 +189,7 @@ class InProcessIterator(LoaderIterator):
     def _next_data(self) -> Any:
         while True:
             task, positions = next(self._tasks)
+            self._progress.drawn = True
             if self._iterable:
                 positions = (0, positions)
             reported: dict[str, float] = {}
@@ -277,6 +278,7 @@ class PoolIterator(LoaderIterator):
             return
         try:
             indices, positions = next(self._tasks)
+            self._progress.drawn = True
         except StopIteration:
             self._sampler_done = True
             return

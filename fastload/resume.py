@@ -163,6 +163,8 @@ class EpochProgress:
         self.base_seed = resume.base_seed
         #: the loader's own generator (not the sampler's) after the epoch's draw from it
         self.loader_generator_state: torch.Tensor | None = None
+        #: the epoch's first task was taken: the sampler has drawn the order
+        self.drawn = False
         self._events: collections.deque[tuple[bool, Positions]] = collections.deque()
         #: tasks yielded so far (``lost_since`` compares against it)
         self.yields = 0

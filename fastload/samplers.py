@@ -62,6 +62,13 @@ def checked_count(value: Any, what: str) -> int:
     return value
 
 
+def checked_seed(value: Any, what: str) -> int:
+    """``value`` if it is a seed torch draws (a whole number in [0, 2**63)), else ValueError naming ``what``."""
+    if type(value) is not int or not 0 <= value < 1 << 63:
+        raise ValueError(f"{what} must be a whole number in [0, 2**63), got {value!r}")
+    return value
+
+
 class ResumableSampler:
     """The epoch and position bookkeeping every fastload sampler shares.
 
@@ -104,8 +111,10 @@ class ResumableSampler:
         return len(self)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"seed", "epoch", "start", "config"}``: the epoch being (or last) iterated, how
-        many items of it were yielded, and :meth:`order_config`. JSON-serialisable."""
+        """``{"seed", "epoch", "start", "config"}``: what the order comes from (for
+        :class:`RandomSampler`, ``"generator"``/``"drawn_seed"`` instead of ``"seed"``), the
+        epoch being (or last) iterated, how many items of it were yielded, and
+        :meth:`order_config`. JSON-serialisable."""
         return {**self._order_state(upcoming=False), "epoch": int(self.epoch), "start": self._yielded,
                 "config": self.order_config()}
 
@@ -133,6 +142,9 @@ class ResumableSampler:
         epoch = checked_count(state["epoch"], f"{name}.load_state_dict: epoch")
         start = checked_count(state.get("start", 0), f"{name}.load_state_dict: start")
         if "config" in state:
+            if not isinstance(state["config"], Mapping):
+                raise ValueError(f"{name}.load_state_dict: config must be a mapping (what order_config() returns), "
+                                 f"got {state['config']!r}")
             differences = describe_differences(state["config"], self.order_config())
             if differences:
                 raise ValueError(f"{name}.load_state_dict: the state was taken from a sampler configured "
@@ -296,7 +308,7 @@ class RandomSampler(ResumableSampler, tud.RandomSampler):
                                  "this one has generator=None (give it a torch.Generator)")
             return decode_generator_state(state["generator"], self.generator, f"{where}: generator")
         if state["drawn_seed"] is not None:
-            return checked_count(state["drawn_seed"], f"{where}: drawn_seed")
+            return checked_seed(state["drawn_seed"], f"{where}: drawn_seed")
         if state.get("start", 0) != 0:  # items of an iteration whose randomness the state does not hold
             raise ValueError(f"{where}: a state with start={state.get('start')!r} needs the generator state or "
                              "the drawn_seed its iteration began from; it has neither")

@@ -26,11 +26,15 @@ def leaked_dev_shm(before: set[str], settle: float = 2.0) -> set[str]:
     """/dev/shm entries made since ``before`` that stay there and that this process tree
     may have made. /dev/shm is the machine's: other programs' entries come and go (torch's
     workers create theirs and unlink them at once), and one named after a live process
-    outside this tree (``torch_<pid>_...``) is not ours."""
+    outside this tree (``torch_<pid>_...``) is not ours. Nor is a multiprocessing
+    semaphore (``sem.mp-...``: the queues of a torch DataLoader under spawn/forkserver, in
+    another program or in a test's torch oracle, until they are collected); fastload's
+    pool makes none (its workers talk over pipes)."""
     def ours() -> set[str]:
         new = dev_shm_entries() - before
-        return {name for name in new if not (name.startswith("torch_") and name.split("_")[1].isdigit()
-                                             and not _in_this_process_tree(int(name.split("_")[1])))}
+        return {name for name in new if not name.startswith("sem.mp-") and not (
+            name.startswith("torch_") and name.split("_")[1].isdigit()
+            and not _in_this_process_tree(int(name.split("_")[1])))}
     wait_until(lambda: not ours(), settle)
     return ours()
 

@@ -123,3 +123,11 @@ def test_seed_per_sample_rejects_iterable_datasets():
 
     with pytest.raises(ValueError, match="map-style"):
         fastload.DataLoader(Range(0, 4), seed_per_sample=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seed_per_sample_in_the_main_process_gives_back_the_cuda_rng():
+    torch.cuda.manual_seed_all(0)
+    before = torch.cuda.get_rng_state_all()
+    list(fastload.DataLoader(RandomAugment(), batch_size=8, seed_per_sample=True))
+    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), before))

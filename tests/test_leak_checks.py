@@ -39,3 +39,15 @@ def test_an_entry_that_goes_away_is_not_a_leak():
     path = _touch(f"torch_{os.getpid()}_leak-check_1")
     threading.Timer(0.3, os.unlink, (path,)).start()
     assert leaked_dev_shm(before, settle=3.0) == set()
+
+
+def test_a_multiprocessing_semaphore_is_not_ours_a_slot_file_is():
+    # Named semaphores belong to multiprocessing queues (torch's loaders under spawn or
+    # forkserver, here or in another program); fastload's pool uses none.
+    before = dev_shm_entries()
+    semaphore, slot = _touch("sem.mp-leakchk1"), _touch("fastload-slot-leak-check")
+    try:
+        assert leaked_dev_shm(before, settle=0.2) == {"fastload-slot-leak-check"}
+    finally:
+        os.unlink(semaphore)
+        os.unlink(slot)

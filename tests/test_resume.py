@@ -279,7 +279,8 @@ def test_a_state_that_is_not_fastloads_is_refused():
     with pytest.raises(ValueError, match="state format 'other' is not"):
         fastload.DataLoader(Squares()).load_state_dict(
             {"format": "other", "epoch": 0, "batches": 0, "settled": {}, "base_seed": 1, "sample_root": 1,
-             "draws_once": False, "generator": None, "sampler": None, "sampler_generator": None, "order": {}})
+             "draws_once": False, "drawn": False, "generator": None, "sampler": None, "sampler_generator": None,
+             "order": {}})
 
 
 @settings(max_examples=300, deadline=None)
@@ -395,9 +396,12 @@ BAD_STATES = [
     (("epoch",), "one", ValueError, "epoch must be a whole number >= 0"),
     (("epoch",), -1, ValueError, "epoch must be a whole number >= 0"),
     (("epoch",), 1.5, ValueError, "epoch must be a whole number >= 0"),
-    (("base_seed",), True, ValueError, "base_seed must be a whole number >= 0"),
-    (("base_seed",), -3, ValueError, "base_seed must be a whole number >= 0"),
-    (("sample_root",), "7", ValueError, "sample_root must be a whole number >= 0"),
+    (("base_seed",), True, ValueError, r"base_seed must be a whole number in \[0, 2\*\*63\)"),
+    (("base_seed",), -3, ValueError, r"base_seed must be a whole number in \[0, 2\*\*63\)"),
+    (("base_seed",), 2**64 - 1, ValueError, r"base_seed must be a whole number in \[0, 2\*\*63\)"),
+    (("sample_root",), "7", ValueError, r"sample_root must be a whole number in \[0, 2\*\*63\)"),
+    (("sampler", "config"), None, ValueError, "RandomSampler.load_state_dict: config must be a mapping"),
+    (("sampler", "config"), ["length"], ValueError, "RandomSampler.load_state_dict: config must be a mapping"),
     (("sampler", "generator"), "not base64!", ValueError, "RandomSampler.load_state_dict: generator is not the state of a cpu torch.Generator"),
     (("sampler", "generator"), None, ValueError, "RandomSampler.load_state_dict: a state with start=8 needs the generator state or the drawn_seed"),
     (("batches",), "3", ValueError, "batches must be a whole number >= 0"),
@@ -513,3 +517,88 @@ def test_len_of_a_resumed_epochs_iterator_counts_the_batches_left(kwargs):
     resumed.load_state_dict(loader.state_dict())
     it = iter(resumed)
     assert len(it) == len(list(it))
+
+
+@pytest.mark.parametrize("sampler", ["random", "weighted"])
+def test_a_torch_sampler_that_drew_from_the_global_rng_before_the_state_says_the_order_is_new(sampler):
+    """With workers, iter() prefetches: a torch sampler without a generator has drawn its
+    order from the global RNG before a state taken right after iter() (torch draws it then
+    too). No position is settled, so every sample comes once; the order cannot be the same."""
+    def build():
+        dataset = Indices(24)
+        chosen = torch.utils.data.RandomSampler(dataset) if sampler == "random" else \
+            torch.utils.data.WeightedRandomSampler([1.0] * 24, 24, replacement=False)
+        return fastload.DataLoader(dataset, batch_size=4, sampler=chosen, num_workers=2)
+
+    loader = build()
+    it = iter(loader)
+    state = json.loads(json.dumps(loader.state_dict()))
+    del it
+    assert state["drawn"] and state["settled"]["prefix"] == 0
+    resumed = build()
+    with pytest.warns(UserWarning, match="had drawn its epoch's order from torch's global random generator"):
+        resumed.load_state_dict(state)
+    assert sorted(indices_of(resumed)) == list(range(24))
+    in_process = fastload.DataLoader(Indices(24), batch_size=4, sampler=torch.utils.data.RandomSampler(range(24)))
+    iter(in_process)  # in-process, torch's sampler draws at the first batch: nothing drawn yet
+    assert not in_process.state_dict()["drawn"]
+
+
+class WorkerSeeds(torch.utils.data.Dataset):
+    """Sample i: i and the seed of the worker that fetched it."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([i, torch.utils.data.get_worker_info().seed])
+
+
+def test_a_state_loaded_into_a_loader_with_running_persistent_workers_gets_its_seeds(no_leaks):
+    def build(seed):
+        return fastload.DataLoader(WorkerSeeds(), batch_size=2, shuffle=True, num_workers=2, persistent_workers=True,
+                                   generator=torch.Generator().manual_seed(seed))
+
+    original = build(0)
+    full = torch.cat(list(original))
+    original = build(0)
+    it = iter(original)
+    head = [next(it) for _ in range(3)]
+    state = json.loads(json.dumps(original.state_dict()))
+    del it, original
+    running = build(1)
+    list(running)  # its workers run, seeded from another base seed
+    running.load_state_dict(state)
+    rest = torch.cat(list(running))
+    assert torch.equal(torch.cat(head + [rest])[:, 0], full[:, 0])
+    # the workers are the state's: seeded base_seed + worker_id (which worker takes which
+    # batch after a resume is not part of the state)
+    assert set(rest[:, 1].tolist()) == {state["base_seed"], state["base_seed"] + 1} == set(full[:, 1].tolist())
+
+
+class FlakyBatches(torch.utils.data.BatchSampler):
+    """Raises once, after its sampler has drawn the epoch's order."""
+
+    failed = False
+
+    def __iter__(self):
+        batches = super().__iter__()
+        yield next(batches)
+        if not type(self).failed:
+            type(self).failed = True
+            raise RuntimeError("the batch sampler failed")
+        yield from batches
+
+
+def test_a_failed_iter_gives_a_fastload_sampler_back_its_epoch(no_leaks):
+    def build(batch_sampler_class):
+        dataset = Indices(24)
+        sampler = fastload.RandomSampler(dataset, generator=torch.Generator().manual_seed(5))
+        return fastload.DataLoader(dataset, batch_sampler=batch_sampler_class(sampler, 4, False), num_workers=2,
+                                   multiprocessing_context="fork", generator=torch.Generator().manual_seed(3))
+
+    flaky = build(FlakyBatches)
+    with pytest.raises(RuntimeError, match="the batch sampler failed"):
+        iter(flaky)
+    reference = build(torch.utils.data.BatchSampler)
+    assert [indices_of(flaky) for _ in range(2)] == [indices_of(reference) for _ in range(2)]

@@ -100,6 +100,9 @@ class Resume(RuleBasedStateMachine):
         self.epoch = 0
         self.delivered: list[int] = []
         self.in_order_throughout = self.config["in_order"]
+        #: an iterable's worker streams interleave in batches of another size than the
+        #: reference's from a resume on, for good
+        self.rebatched_streams = False
         self.reference: list[list[int]] | None = None
         #: torch's rule, which resumes keep: persistent workers draw one base seed, others one per epoch
         self.persistent = self.config["persistent_workers"] and self.config["num_workers"] > 0
@@ -124,7 +127,7 @@ class Resume(RuleBasedStateMachine):
         self.epoch += 1
         self.delivered = []
         self.iterator = None
-        self.in_order_throughout = self.config["in_order"]
+        self.in_order_throughout = self.config["in_order"] and not self.rebatched_streams
 
     @rule(count=st.integers(1, 6))
     def take(self, count):
@@ -164,8 +167,9 @@ class Resume(RuleBasedStateMachine):
             new["num_workers"] = self.config["num_workers"]
             resumed = build(new, seed)
         resumed.load_state_dict(state)
-        if new["iterable"] and new["batch_size"] != self.config["batch_size"]:
-            self.in_order_throughout = False  # the streams interleave in other batches
+        if new["iterable"] and new["batch_size"] != self.first_config["batch_size"]:
+            self.rebatched_streams = True  # the streams interleave in other batches
+            self.in_order_throughout = False
         self.in_order_throughout &= in_order
         self.config = new
         self.loader = resumed

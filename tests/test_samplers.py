@@ -161,3 +161,19 @@ def test_load_state_dict_validates():
             sampler.load_state_dict(state)
     sampler.load_state_dict({"seed": 0, "epoch": 0, "start": 3})
     assert list(sampler) == [3, 4]
+
+
+@pytest.mark.parametrize("drawn_seed", [2**63, -1, 1.5, "3"])
+def test_a_random_sampler_state_with_a_seed_torch_never_draws_is_refused(drawn_seed):
+    torch.manual_seed(0)
+    sampler = fastload.RandomSampler(range(10))
+    it = iter(sampler)
+    head = [next(it) for _ in range(3)]
+    state = sampler.state_dict()
+    assert type(state["drawn_seed"]) is int and state["generator"] is None  # the seed it drew
+    other = fastload.RandomSampler(range(10))
+    with pytest.raises(ValueError, match=r"drawn_seed must be a whole number in \[0, 2\*\*63\)"):
+        other.load_state_dict({**state, "drawn_seed": drawn_seed})
+    other.load_state_dict(state)
+    torch.manual_seed(0)
+    assert head + list(other) == list(tud.RandomSampler(range(10)))

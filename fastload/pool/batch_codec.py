@@ -5,10 +5,12 @@ A batch of any structure (tuples, dicts, dataclasses, user objects) is pickled w
 :class:`~fastload.collate.StackPlan` — is replaced in the pickle by its index in a
 *layout*: ``(offset, nbytes, dtype, shape, kind, stride)`` with ``kind`` ``"t"`` (tensor)
 or ``"n"`` (ndarray). The leaves are written into one slot at those offsets. A tensor
-that is not contiguous (a transposed view, channels_last, an expanded tensor) keeps its
-strides, as it does through torch's DataLoader: the span of storage it addresses is
-copied, and the main process views it with the same strides (``stride`` is None for a
-contiguous one). The message
+whose elements fill the storage they span, in another order or repeated (a transposed
+view, channels_last, an expanded tensor), keeps its strides, as through torch's
+DataLoader: that span is copied and the main process views it with the same strides
+(``stride`` is None otherwise). A view with gaps (a column of a matrix, a crop) is
+copied compact and contiguous instead: its strides would cost the storage it skips,
+for every batch (torch shares a storage once per worker, fastload copies per batch). The message
 that crosses the socket is the pickle plus the layout: a few hundred bytes for a typical
 batch, whatever the batch's size. See NOTE [ Slot protocol ] in ``arena.py``.
 
@@ -50,7 +52,7 @@ def _slot_leaf(obj: Any) -> tuple[int, Any, tuple[int, ...], str, tuple[int, ...
     if type(obj) is torch.Tensor:
         if obj.device.type == "cpu" and obj.layout == torch.strided and not obj.requires_grad and not obj.is_quantized:
             shape, stride = tuple(obj.shape), tuple(obj.stride())
-            if stride == _contiguous_strides(shape):
+            if stride == _contiguous_strides(shape) or not _dense(obj):
                 return obj.numel() * obj.element_size(), obj.dtype, shape, "t", None
             return _span(obj) * obj.element_size(), obj.dtype, shape, "t", stride
         return None
@@ -65,6 +67,16 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(size, 1)
     return tuple(reversed(strides))
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether the storage a tensor spans holds nothing but its elements (repeated along
+    stride-0 dimensions): no gaps."""
+    distinct = 1
+    for size, stride in zip(tensor.shape, tensor.stride()):
+        if stride:
+            distinct *= size
+    return _span(tensor) == distinct or tensor.numel() == 0
 
 
 def _span(tensor: torch.Tensor) -> int:
