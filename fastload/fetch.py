@@ -95,18 +95,18 @@ class SampleFetcher:
         self.drop_last = drop_last
         self.seed_per_sample = seed_per_sample
         self.restore_rng = restore_rng
-        self.base_seed = 0
+        self.sample_seed = 0
         self.current_index: Any = None
         self._iterator: Iterator[Any] | None = None
         self._ended = False
         self._drawn = 0  # items drawn from the iterable's stream this epoch
         self._last_failed = False  # the last item drawn raised
 
-    def start_epoch(self, base_seed: int, skip_items: int = 0) -> None:
-        """Start an epoch with per-sample seeds from ``base_seed``; an iterable dataset's
+    def start_epoch(self, sample_seed: int, skip_items: int = 0) -> None:
+        """Start an epoch with per-sample seeds from ``sample_seed``; an iterable dataset's
         stream is created anew and its first ``skip_items`` items drawn and dropped (a
         resume: those were delivered, or reported failed, before; NOTE [ Resume ])."""
-        self.base_seed = base_seed
+        self.sample_seed = sample_seed
         if self.iterable:
             self._iterator = iter(self.dataset)
             self._ended = False
@@ -148,7 +148,7 @@ class SampleFetcher:
             self.current_index = list(task)
             try:
                 if self.seed_per_sample:  # one call for the batch: seeded once, from its indices
-                    seed_sample_rngs(mix_seed(self.base_seed, "batch", tuple(task)))
+                    seed_sample_rngs(mix_seed(self.sample_seed, "batch", tuple(task)))
                 samples = getitems(task)
                 self.indices = task
                 return samples
@@ -219,7 +219,7 @@ class SampleFetcher:
         (a pure function of the epoch seed, the index and the attempt) that loads, and
         has structure ``wanted`` when one is given."""
         for attempt in range(MAX_REPLACEMENTS):
-            candidate = mix_seed(self.base_seed, "replace", index, attempt) % len(self.dataset)
+            candidate = mix_seed(self.sample_seed, "replace", index, attempt) % len(self.dataset)
             try:
                 sample = self._get(candidate)
             except Exception as exc:
@@ -233,7 +233,7 @@ class SampleFetcher:
     def _get(self, index: Any) -> Any:
         self.current_index = index
         if self.seed_per_sample:
-            seed_sample_rngs(mix_seed(self.base_seed, index))
+            seed_sample_rngs(mix_seed(self.sample_seed, index))
         return self.dataset[index]
 
     def _fetch_iterable(self, task: Any) -> Any:
