@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	ldconfig -p | grep -q 'libusb-1.0.so.0' \
 		|| { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; } \
 		|| echo "fastload set-up: libusb-1.0-0 is missing (apt-get install libusb-1.0-0): compressed PCD reading will fail" >&2
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar,bench]"
+	FASTLOAD_EXTENSION=required $(PY) -m pip install --quiet -c constraints.txt -e ".[test,dali,lidar,bench]"
 	$(PY) -m pip install --quiet --no-deps --target $(STOCK_PILLOW) \
 		"pillow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("pillow"))')"
 	$(PY) -m pip install --quiet --force-reinstall --no-deps $(PILLOW_SIMD) \
@@ -52,7 +52,7 @@ SANITIZE_TESTS := tests/test_jpeg_region.py tests/test_image.py tests/test_voxel
 
 $(SANITIZE_DIR)/built: $(STAMP) setup.py $(wildcard fastload_ext/*)
 	test -f "$$(gcc -print-file-name=libasan.so)" || { echo "make sanitize needs gcc's AddressSanitizer runtime: apt-get install libasan8 libubsan1" >&2; exit 1; }
-	CFLAGS="$(SANITIZE_FLAGS)" CXXFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+	FASTLOAD_EXTENSION=required CFLAGS="$(SANITIZE_FLAGS)" CXXFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
 		$(PY) setup.py -q build_ext --parallel 2 --build-lib $(SANITIZE_DIR)/lib --build-temp $(SANITIZE_DIR)/temp
 	touch $@
 

@@ -44,6 +44,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .. import extension
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 #: Full-image decoders from fastest to slowest on CPU (measured: the README's decoder table).
@@ -82,14 +84,27 @@ def jpeg_header(data: bytes | memoryview | np.ndarray) -> tuple[int, int, bool]:
     Raises:
         ImageDecodeError: the header is not a decodable JPEG's, or claims too many pixels.
     """
-    from fastload import _ext
-
+    if not extension.available():
+        return _pillow_jpeg_header(data)
     try:
-        width, height, _, rgb = _ext.jpeg_header(data)
+        width, height, _, rgb = extension.extension("fastload.image.decoders.jpeg_header").jpeg_header(data)
     except ValueError as exc:
         raise ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
     check_size(width, height)
     return width, height, rgb
+
+
+def _pillow_jpeg_header(data: bytes | memoryview | np.ndarray) -> tuple[int, int, bool]:
+    """:func:`jpeg_header` without fastload's extension: Pillow reads the header alone."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            (width, height), mode = image.size, image.mode
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
+    check_size(width, height)
+    return width, height, mode != "CMYK"
 
 
 def is_jpeg(data: bytes | memoryview | np.ndarray) -> bool:
@@ -110,7 +125,7 @@ def pillow_flavour() -> str:
 
 def available(name: str) -> bool:
     if name == "fastload":
-        return importlib.util.find_spec("fastload._ext") is not None
+        return extension.available()
     if name == "simplejpeg":
         return importlib.util.find_spec("simplejpeg") is not None
     return name in ("torchvision", "pillow")
@@ -130,6 +145,8 @@ def resolve(name: str) -> str:
         return _auto()
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)} or 'auto'")
+    if name == "fastload" and not available(name):
+        extension.extension("decoder='fastload'")  # raises, saying how to get it
     if not available(name):
         raise ValueError(f"decoder {name!r} is not installed")
     return name
@@ -159,11 +176,10 @@ def _decode_torchvision(data: bytes, size: tuple[int, int] | None, min_size: tup
 
 
 def _decode_fastload(data: bytes, size: tuple[int, int] | None, min_size: tuple[int, int]) -> torch.Tensor:
-    from fastload import _ext
-
     assert size is not None  # decode() routes only RGB-convertible JPEGs here
     minimum = size if min_size == (0, 0) else min_size  # (0, 0): full resolution
-    band, left, crop_width, _ = _ext.decode_jpeg_region(data, 0, 0, *size, *minimum)
+    band, left, crop_width, _ = extension.extension("decoder='fastload'").decode_jpeg_region(data, 0, 0, *size,
+                                                                                            *minimum)
     return _hwc_to_chw(band[:, left : left + crop_width])
 
 

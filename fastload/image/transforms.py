@@ -39,6 +39,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..collate import Deferred
+from ..extension import extension
 from ..prefetch import cuda_usable
 from . import decoders
 
@@ -143,11 +144,10 @@ class _FusedDecode:
         out_h, out_w = self.size
         size = _rgb_jpeg_size(data) if self.decoder == "fastload" else None
         if size is not None:
-            from fastload import _ext
-
+            region = extension("the fused crop decode (decoder='fastload')").decode_jpeg_region
             top, left, h, w = self._crop_box(size[1], size[0])
             try:
-                band, start, crop_w, _ = _ext.decode_jpeg_region(data, left, top, w, h, out_w, out_h)
+                band, start, crop_w, _ = region(data, left, top, w, h, out_w, out_h)
             except ValueError as exc:
                 raise decoders.ImageDecodeError(f"cannot decode JPEG ({len(data)} bytes): {exc}") from exc
             # (3, h', w') channels-last view of the band: the uint8 resize fast path.

@@ -9,7 +9,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from fastload import _ext
+from fastload.extension import extension
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -65,8 +65,9 @@ class Voxelizer:
         self.point_cloud_range = _floats(point_cloud_range, 6, "point_cloud_range")
         self.max_points_per_voxel = int(max_points_per_voxel)
         self.max_voxels = int(max_voxels)
-        self._impl = _ext.Voxelizer(self.voxel_size, self.point_cloud_range, self.max_points_per_voxel,
-                                    self.max_voxels)
+        native = extension("fastload.lidar.Voxelizer")
+        self._impl = native.Voxelizer(self.voxel_size, self.point_cloud_range, self.max_points_per_voxel,
+                                      self.max_voxels)
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
@@ -96,7 +97,9 @@ def dynamic_voxelize(points: Array, voxel_size: Sequence[float], point_cloud_ran
     point; voxel_coords (K, 3) int32, unique, in order of first appearance; point_voxel
     (N,) int64 index into voxel_coords, -1 for a dropped point)``, numpy or torch like the input."""
     array, as_torch = _as_numpy(points)
+    native = extension("fastload.lidar.dynamic_voxelize")
     return _returned(
-        _ext.dynamic_voxelize(array, _floats(voxel_size, 3, "voxel_size"), _floats(point_cloud_range, 6, "point_cloud_range")),
+        native.dynamic_voxelize(array, _floats(voxel_size, 3, "voxel_size"), _floats(point_cloud_range, 6,
+                                                                                       "point_cloud_range")),
         as_torch,
     )
