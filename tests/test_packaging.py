@@ -41,8 +41,8 @@ except fastload.extension.ExtensionMissingError as exc:
 """
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+def _run(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -72,7 +72,8 @@ def _wheel(sdist, out, env=None) -> zipfile.ZipFile:
 def _install_and_run(wheel, target) -> str:
     _run(sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel))
     env = dict(os.environ, PYTHONPATH=str(target))
-    return _run(sys.executable, "-c", EPOCH, str(target), env=env).stdout
+    # run from the target, not from the checkout, whose fastload/ would come first on sys.path
+    return _run(sys.executable, "-c", EPOCH, str(target), env=env, cwd=str(target)).stdout
 
 
 def test_the_sdist_holds_the_extensions_sources_and_headers(sdist):
