@@ -256,9 +256,16 @@ def test_one_voxelizer_shared_by_two_threads_neither_deadlocks_nor_mixes_results
     for that mutex while holding the GIL froze the interpreter. In a child process, so that
     a deadlock fails this test instead of hanging the suite."""
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:
+        # Under `make sanitize`, LeakSanitizer's tracer crashes now and then at the exit of
+        # this two-threaded child (a runtime bug, google/sanitizers#1353), which exits 1 with
+        # no report. This test is about the lock and the GIL: ASan and UBSan still check
+        # the child; leaks are checked by the other tests of the run.
+        env["ASAN_OPTIONS"] += ":detect_leaks=0"
     try:
         child = subprocess.run([sys.executable, "-c", SHARED_VOXELIZER_CHILD], check=False, capture_output=True,
-                               text=True, timeout=180, cwd=repo_root)
+                               text=True, timeout=180, cwd=repo_root, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail("two threads sharing one Voxelizer did not finish 20 calls each in 180 s: deadlocked")
     assert child.returncode == 0, child.stderr
