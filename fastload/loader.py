@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing
 import os
 import time
@@ -31,6 +32,7 @@ from .resume import (
     check_same_order,
     epoch_tasks,
     order_description,
+    point_after_batches,
     remaining_batches,
     sampler_roles,
     settled_from_state,
@@ -96,6 +98,10 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             every batch is still delivered once, in order (NOTE [ Worker restart ]).
             0 (default): a dead worker raises :class:`fastload.WorkerDiedError`. Needs a
             map-style dataset.
+        sample_root: the root of the per-sample seeds and of the replacements' choice
+            (NOTE [ Seeds ]). None: the base seed of the loader's first epoch, kept in this
+            attribute once drawn, so that a loader re-created from this one's attributes
+            (as Lightning re-creates loaders) seeds its samples alike.
 
     Raises:
         ValueError: for the argument combinations torch rejects, for ``seed_per_sample``
@@ -132,6 +138,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         max_errors: int | None = None,
         max_worker_restarts: int = 0,
         telemetry: bool = False,
+        sample_root: int | None = None,
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
             # fastload's own default samplers: same meaning as torch's, and resumable.
@@ -175,6 +182,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             raise ValueError("max_worker_restarts needs a map-style dataset: a new worker cannot resume the stream "
                              "position of an IterableDataset's dead one")
         self.max_worker_restarts = max_worker_restarts
+        self.sample_root = None if sample_root is None else checked_seed(sample_root, "sample_root")
         self.telemetry = telemetry
         self._telemetry: EpochTelemetry | None = None
         self.on_error = on_error
@@ -189,12 +197,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._logged_failures: set[Any] = set()
         self._error_log = ErrorLog(on_error, max_errors, self._logged_failures)
         self._next_epoch = 0
-        #: the base seed of the loader's first epoch: the root of every epoch's sample seed
-        #: (NOTE [ Seeds ]), so those do not depend on num_workers or persistent_workers
-        self._sample_root: int | None = None
         self._progress: EpochProgress | None = None
-        #: what load_state_dict says the next epoch skips (NOTE [ Resume ])
+        #: what load_state_dict or skip_first_batches says the next epoch skips (NOTE [ Resume ])
         self._resume: ResumePoint | None = None
+        #: an IterableDataset's batches the next epoch drops before it hands any out (skip_first_batches)
+        self._skip_batches = 0
         #: a persistent loader's live iterator (weak: the loader must not keep it, and through
         #: it the pool, alive in a reference cycle)
         self._iterator: weakref.ReferenceType[EpochIterator] | None = None
@@ -232,22 +239,94 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 "to get batches on that device."
             )
         source, workers = self._start_epoch()
+        skip, self._skip_batches = self._skip_batches, 0
         if self.persistent_workers and self.num_workers > 0:
             live = self._iterator() if self._iterator is not None else None
             if live is not None:
                 live.restart(source, self._progress, self._telemetry, workers)
-                return live
+            else:
+                live = EpochIterator(source, self._progress, self._telemetry, workers)
+                self._iterator = weakref.ref(live)
+        else:
             live = EpochIterator(source, self._progress, self._telemetry, workers)
-            self._iterator = weakref.ref(live)
-            return live
-        return EpochIterator(source, self._progress, self._telemetry, workers)
+        # An IterableDataset's positions cannot be counted in batches: its skipped batches are
+        # read and dropped, and settle as handed out (NOTE [ Resume ]).
+        for _ in itertools.islice(live, skip):
+            pass
+        return live
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` epoch ``epoch``, as Accelerate's and Hugging Face's
+        loaders have it: the loader's epoch (its per-sample seeds, its state's ``"epoch"``)
+        and the epoch of its sampler, or of the sampler inside its batch sampler, where
+        that has a ``set_epoch`` (fastload's samplers, torch's ``DistributedSampler``).
+
+        A position :meth:`load_state_dict` left for another epoch is dropped, with a
+        warning if that epoch was not over; one :meth:`skip_first_batches` left is kept.
+
+        Raises:
+            ValueError: ``epoch`` is not a whole number >= 0.
+        """
+        epoch = checked_count(epoch, "DataLoader.set_epoch: epoch")
+        resume = self._resume
+        if resume is not None and resume.from_state and epoch != self._next_epoch:
+            batching = batching_of(self)
+            if resume.started and (batching.unit == "items" or
+                                   remaining_batches(batching, resume, self._index_sampler) > 0):
+                warnings.warn(f"fastload: set_epoch({epoch}) drops the loaded state's position in epoch "
+                              f"{self._next_epoch} ({resume.batches} batches handed out): epoch {epoch} starts "
+                              "from its beginning", stacklevel=2)
+            self._resume = None
+        self._next_epoch = epoch
+        batching = batching_of(self)
+        for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None)):
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+
+    def skip_first_batches(self, num_batches: int) -> DataLoader[T_co]:
+        """Position the loader after the first ``num_batches`` batches of its next epoch
+        (the one ``iter()`` starts, after any :meth:`set_epoch`), and return it: what
+        Accelerate's ``skip_first_batches`` does for a run resumed from a count of steps.
+
+        A map-style epoch jumps there (fastload samplers) or replays the indices before it
+        (others), counting ``batch_size`` samples a batch: exact unless a batch of those
+        failed whole under ``on_error="skip"``. An ``IterableDataset``'s batches are read
+        and dropped. A position that :meth:`load_state_dict` left at that same count is
+        kept as is: a state is exact in every case.
+
+        Raises:
+            ValueError: ``num_batches`` is not a whole number >= 0, or a loaded state
+                left the loader at another position of its next epoch.
+        """
+        num_batches = checked_count(num_batches, "DataLoader.skip_first_batches: num_batches")
+        resume = self._resume
+        if resume is not None and resume.started:
+            if resume.batches != num_batches:
+                raise ValueError(
+                    f"DataLoader.skip_first_batches({num_batches}): the loaded state already positions the loader "
+                    f"after {resume.batches} batches of epoch {self._next_epoch}; skip exactly those (or none)")
+            return self
+        if num_batches == 0:
+            return self
+        batching = batching_of(self)
+        if batching.unit == "items":
+            self._skip_batches = num_batches
+            return self
+        point = point_after_batches(batching, num_batches)
+        roles = sampler_roles(batching)
+        if roles.jumps:
+            roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": point.prefix})
+            point.jumped = True
+        point.base_seed = resume.base_seed if resume is not None else None
+        self._resume = point
+        return self
 
     def _start_epoch(self) -> tuple[Iterator[Any], list[BaseProcess] | None]:
         """The next epoch's batches, through every stage, and its worker processes (None
         in-process). The loader (its epoch, the resume point, errors, telemetry, the
         sampler and the generators) is left as it was if they cannot be started: trying
         again starts the same epoch."""
-        before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root
+        before = self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self.sample_root
         epoch, resume = self._next_epoch, self._resume
         batching = batching_of(self)
         roles = sampler_roles(batching)
@@ -261,8 +340,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if progress.base_seed is None:
             pool = self._pool if self.persistent_workers else None
             progress.base_seed = pool.base_seed if pool is not None else draw_seed(self.generator)
-        if self._sample_root is None:
-            self._sample_root = progress.base_seed
+        if self.sample_root is None:
+            self.sample_root = progress.base_seed
         if own_generator is not None:
             progress.loader_generator_state = own_generator.get_state()
         # The epoch's order starts here, whenever the samplers begin to draw it (NOTE [ Resume ]).
@@ -277,7 +356,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._error_log = ErrorLog(self.on_error, self.max_errors, self._logged_failures)
         self._telemetry = EpochTelemetry(epoch) if self.telemetry else None
         try:
-            loader_iterator = self._make_iterator(progress.base_seed, sample_seed(self._sample_root, epoch), batching,
+            loader_iterator = self._make_iterator(progress.base_seed, sample_seed(self.sample_root, epoch), batching,
                                                   resume)
             workers = loader_iterator.workers if isinstance(loader_iterator, PoolIterator) else None
             batches: Iterator[Any] = loader_iterator
@@ -286,7 +365,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             return transfer_stage(batches, pin_memory=self.pin_memory, device=self.device, depth=self.device_prefetch,
                                   warn_once=self._warn_once, telemetry=self._telemetry), workers
         except BaseException:
-            self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self._sample_root = before
+            self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self.sample_root = before
             if progress.generator_state is not None:
                 generator.set_state(progress.generator_state)
             if sampler_before is not None and roles.resumable.begun(progress.sampler_epoch):
@@ -372,7 +451,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 roles.resumable.begun(progress.sampler_epoch) else roles.resumable.next_state()
             del sampler_state["start"]  # the loader's own positions say where to start
         return {"format": STATE_FORMAT, "epoch": epoch, "batches": point.batches, "settled": settled,
-                "base_seed": base_seed, "sample_root": self._sample_root, "draws_once": self._draws_once(),
+                "base_seed": base_seed, "sample_root": self.sample_root, "draws_once": self._draws_once(),
                 "drawn": bool(progress is not None and not progress.finished and progress.drawn),
                 "generator": encode_generator_state(own_state),
                 "sampler": sampler_state, "sampler_generator": encode_generator_state(generator_state),
@@ -466,7 +545,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if own_state is not None:
             own_generator.set_state(own_state)
         point.base_seed = base_seed
-        self._next_epoch, self._progress, self._resume, self._sample_root = epoch, None, point, sample_root
+        point.from_state = True
+        self._next_epoch, self._progress, self._resume, self.sample_root = epoch, None, point, sample_root
+        self._skip_batches = 0
         if self._pool is not None and base_seed is not None and base_seed != self._pool.base_seed:
             # Persistent workers seeded otherwise: the next iter() starts them with the state's seeds.
             pool, self._pool = self._pool, None
@@ -548,6 +629,49 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
 
 def _nothing() -> None:
     pass
+
+
+#: torch's DataLoader arguments that a loader keeps as attributes of the same name
+_KEPT_ARGUMENTS = ("dataset", "num_workers", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+                   "generator", "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order")
+
+#: fastload's own options, kept likewise
+FASTLOAD_OPTIONS = ("seed_per_sample", "device", "device_prefetch", "batch_transform", "min_slot_bytes", "on_error",
+                    "max_errors", "max_worker_restarts", "telemetry", "sample_root")
+
+_BATCHING_ARGUMENTS = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
+
+
+def constructor_arguments(loader: torch.utils.data.DataLoader[Any], **changes: Any) -> dict[str, Any]:
+    """The arguments that build a loader like ``loader`` (torch's or fastload's), with
+    ``changes`` applied: how integrations re-create a loader with another sampler, or a
+    torch loader as a fastload one. Batching is given as the loader batches: its
+    ``batch_sampler`` if it has one of its own, else ``batch_size``, ``drop_last`` and its
+    ``sampler`` (the sampler ``shuffle`` made, for example); a change to one of those
+    replaces them all, as torch's rules for them require. A default ``collate_fn`` is
+    left to the new loader to choose."""
+    arguments = {name: getattr(loader, name) for name in _KEPT_ARGUMENTS}
+    arguments.update({name: getattr(loader, name) for name in FASTLOAD_OPTIONS if hasattr(loader, name)})
+    collate_fn = loader.collate_fn
+    if not (is_default_collate(collate_fn) or collate_fn is torch.utils.data.default_convert):
+        arguments["collate_fn"] = collate_fn
+    if arguments["num_workers"] == 0:
+        arguments["prefetch_factor"] = None  # torch fills in its default of 2 only for workers
+    if isinstance(loader.dataset, IterableDataset):
+        arguments.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
+    elif loader.batch_size is not None:  # torch's BatchSampler, made by the loader
+        arguments.update(batch_size=loader.batch_size, drop_last=loader.drop_last, sampler=loader.sampler)
+    elif loader.batch_sampler is not None:  # the user's
+        arguments.update(batch_sampler=loader.batch_sampler)
+    else:  # batch_size=None: no batching
+        arguments.update(batch_size=None, sampler=loader.sampler)
+    if any(name in changes for name in _BATCHING_ARGUMENTS):
+        for name in _BATCHING_ARGUMENTS:
+            arguments.pop(name, None)
+        if changes.get("batch_sampler") is None and "batch_size" not in changes and loader.batch_size is not None:
+            arguments.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
+    arguments.update(changes)
+    return arguments
 
 
 def _stream_tasks(placeholders: Iterable[Any], size: int) -> Iterator[tuple[Any, int]]:

@@ -139,6 +139,14 @@ class ResumePoint:
     sampler_epoch: int = 0
     #: the workers' base seed of the epoch, if it is not to be drawn (NOTE [ Seeds ])
     base_seed: int | None = None
+    #: the point is that of a state of the loader's next epoch (``load_state_dict``), not a
+    #: count of batches to skip in whichever epoch comes next (``skip_first_batches``)
+    from_state: bool = False
+
+    @property
+    def started(self) -> bool:
+        """Whether anything of the epoch is settled."""
+        return bool(self.prefix or self.beyond or self.batches or any(self.stream_items or ()))
 
 
 class EpochProgress:
@@ -396,6 +404,17 @@ def _ranges(positions: list[int]) -> Positions:
         previous = position
     ranges.append((start, previous + 1))
     return tuple(ranges)
+
+
+def point_after_batches(batching: Batching, num_batches: int) -> ResumePoint:
+    """Where an epoch of map-style tasks is once its first ``num_batches`` batches were
+    handed out, none having failed whole (NOTE [ Resume ]): ``batch_size`` positions a
+    batch (``"samples"``), or one (``"tasks"``)."""
+    assert batching.unit != "items"
+    prefix = num_batches * batching.batch_size if batching.unit == "samples" else num_batches  # type: ignore[operator]
+    if isinstance(batching.sampler, Sized):
+        prefix = min(prefix, len(batching.sampler))
+    return ResumePoint(prefix, batches=num_batches)
 
 
 def remaining_batches(batching: Batching, resume: ResumePoint | None, index_sampler: Any) -> int:

@@ -38,6 +38,7 @@ from .seeding import decode_generator_state, encode_generator_state, epoch_gener
 
 __all__ = [
     "BucketBatchSampler",
+    "DistributedBatchSampler",
     "DistributedBucketBatchSampler",
     "DistributedSampler",
     "DistributedSamplerWrapper",
@@ -367,7 +368,7 @@ class DistributedSampler(ResumableSampler, tud.DistributedSampler):
         return self._counted(indices[start:])
 
 
-class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
+class DistributedSamplerWrapper(ResumableSampler, tud.DistributedSampler):
     """Distributes any sampler, or batch sampler, across ranks.
 
     Each epoch every rank draws the wrapped sampler's whole sequence (identically: a
@@ -378,6 +379,10 @@ class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
     drops the tail) to a multiple of the world size, and keeps every
     ``num_replicas``-th item from ``rank``. Every rank yields the same number of items,
     no item is lost, and duplicates are only the padding.
+
+    It is a ``torch.utils.data.DistributedSampler`` to ``isinstance``, which is how
+    frameworks tell a loader that is sharded already (Lightning then injects no sampler
+    of its own); ``shuffle`` says whether the wrapped sampler is a random one.
     """
 
     _warn_on_auto_epoch = True
@@ -429,8 +434,75 @@ class DistributedSamplerWrapper(ResumableSampler, tud.Sampler):
     def __len__(self) -> int:
         return self._per_rank(len(self.sampler))  # type: ignore[arg-type]
 
+    @property
+    def shuffle(self) -> bool:  # type: ignore[override]
+        """Whether the wrapped sampler draws a random order (it has a ``generator``)."""
+        return hasattr(self.sampler, "generator")
 
-class BucketBatchSampler(ResumableSampler, tud.Sampler):
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Items per rank, as torch's ``DistributedSampler`` names it."""
+        return len(self)
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """Items over all ranks, padding included, as torch's ``DistributedSampler`` names it."""
+        return len(self) * self.num_replicas
+
+
+class DistributedBatchSampler(DistributedSamplerWrapper):
+    """Batches of any sampler, split across ranks batch by batch: every rank draws the
+    wrapped sampler's whole sequence (as :class:`DistributedSamplerWrapper` does), cuts
+    it into batches of ``batch_size``, and rank ``r`` takes batches ``r``,
+    ``r + num_replicas``, ... — the way Accelerate shards a loader.
+
+    All ranks yield the same number of full batches: the sequence is padded by
+    repeating items from its start to a multiple of ``batch_size * num_replicas``, so
+    at the last step the real samples come first when the ranks' batches are gathered
+    in rank order (what ``accelerator.gather_for_metrics`` relies on to drop the
+    padding). With ``drop_last`` the incomplete last step is dropped instead: no item
+    repeats, up to ``batch_size * num_replicas - 1`` are left out.
+    """
+
+    def __init__(
+        self,
+        sampler: tud.Sampler[Any] | Sequence[Any],
+        batch_size: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        *,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"batch_size should be a positive integer, got {batch_size!r}")
+        super().__init__(sampler, num_replicas, rank, drop_last=drop_last, seed=seed)
+        self.batch_size = batch_size
+
+    def order_config(self) -> dict[str, Any]:
+        return {**super().order_config(), "batch_size": self.batch_size}
+
+    def _per_rank(self, total: int) -> int:
+        step = self.batch_size * self.num_replicas
+        return total // step if self.drop_last else math.ceil(total / step)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        epoch, start = self._begin_epoch()
+        items = self._global_sequence(epoch)
+        steps = self._per_rank(len(items))
+        size = steps * self.batch_size * self.num_replicas
+        if len(items) < size:
+            items = (items * math.ceil(size / max(1, len(items))))[:size]
+        mine = [items[(step * self.num_replicas + self.rank) * self.batch_size:][: self.batch_size]
+                for step in range(steps)]
+        return self._counted(mine[start:])
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        return len(self) * self.batch_size
+
+
+class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
     """Batches of similar-length samples: less padding for variable-length data.
 
     Each epoch: shuffle all indices, cut them into windows of ``sort_window`` samples,
@@ -438,22 +510,40 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
     either ``batch_size`` samples, or (``max_tokens``) as many as fit a token budget,
     counting padding: a batch costs ``max(length) * len(batch)``.
 
+    Split across ranks (:class:`DistributedBucketBatchSampler`, or ``sampler=``), all
+    ranks build the same epoch batches (same ``seed``), take them in groups of
+    ``num_replicas`` neighbours in length order (so a group's batches cost about the
+    same), pad the last group by repeating batches from the start (or drop it with
+    ``drop_last``), shuffle the groups, and rank ``r`` takes the ``r``-th batch of each.
+
+    It is a ``torch.utils.data.BatchSampler`` to ``isinstance``, so that Lightning, which
+    re-creates the batch samplers of loaders made in a ``*_dataloader`` hook to inject its
+    ``DistributedSampler``, passes that sampler by name: see ``sampler``.
+
     Args:
         lengths: the length of every sample (a sequence or 1-D array of ints).
         batch_size: samples per batch. Exactly one of ``batch_size``/``max_tokens``.
         max_tokens: token budget per batch (padding included).
         shuffle: shuffle indices and batches; without it, windows follow index order.
         drop_last: drop the last batch if it has fewer than ``batch_size`` samples
-            (fixed-size mode; token batches are never incomplete).
+            (fixed-size mode; token batches are never incomplete), and split across
+            ranks, the last incomplete group of batches.
         seed: root seed of the order; equal on all ranks.
         sort_window: samples sorted together (default 256 batches' worth): larger means
             less padding, smaller means more varied batch composition (the order of the
             batches is shuffled either way). On log-normal lengths (median 100, tail to
             2048) with batches of 64: 100 batches' worth pads 8.4%, 256 about 3%.
+        sampler: a distributed sampler (one with ``num_replicas`` and ``rank``, such as
+            the ``DistributedSampler`` Lightning injects): the batches are split across
+            its ranks as above, and each iteration uses its ``epoch`` once it changes
+            (Lightning calls its ``set_epoch``). Its own order is not used: the batches
+            have theirs.
 
     Raises:
         ValueError: for bad sizes, negative lengths, or a sample longer than ``max_tokens``
             (named by index).
+        TypeError: ``lengths`` is a sampler (a batch sampler re-created by position, as
+            Lightning does for loaders made outside its hooks).
     """
 
     def __init__(
@@ -466,7 +556,15 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
         drop_last: bool = False,
         seed: int = 0,
         sort_window: int | None = None,
+        sampler: tud.Sampler[Any] | None = None,
     ) -> None:
+        if isinstance(lengths, tud.Sampler):
+            raise TypeError(
+                f"{type(self).__name__} got a {type(lengths).__name__} where the sample lengths go: it was re-created "
+                "as BatchSampler(sampler, batch_size=..., drop_last=...), as Lightning re-creates the batch sampler of "
+                "a DataLoader made outside a *_dataloader hook. Make the DataLoader inside the LightningModule's or "
+                "LightningDataModule's *_dataloader hook (Lightning then passes the sampler by name), or use "
+                "DistributedBucketBatchSampler with Trainer(use_distributed_sampler=False).")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if self.lengths.ndim != 1:
             raise ValueError(f"lengths must be 1-D, got shape {self.lengths.shape}")
@@ -492,15 +590,22 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
         if sort_window < 1:
             raise ValueError(f"sort_window must be >= 1, got {sort_window}")
         self.sort_window = sort_window
+        self.sampler = sampler
+        self.num_replicas, self.rank = (1, 0) if sampler is None else _ranks_of(sampler, type(self).__name__)
+        #: the linked sampler's epoch this sampler last took (NOTE in the class docstring: ``sampler``)
+        self._linked_epoch: int | None = None
         self._cache: tuple[int, list[list[int]]] | None = None
         self._lengths_crc: int | None = None
 
     def order_config(self) -> dict[str, Any]:
         if self._lengths_crc is None:
             self._lengths_crc = zlib.crc32(self.lengths.tobytes())
-        return {"length": len(self.lengths), "lengths_crc32": self._lengths_crc, "batch_size": self.batch_size,
-                "max_tokens": self.max_tokens, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "sort_window": self.sort_window}
+        config = {"length": len(self.lengths), "lengths_crc32": self._lengths_crc, "batch_size": self.batch_size,
+                  "max_tokens": self.max_tokens, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                  "sort_window": self.sort_window}
+        if self.num_replicas > 1 or isinstance(self, DistributedBucketBatchSampler):
+            config.update(num_replicas=self.num_replicas, rank=self.rank)
+        return config
 
     def _sorted_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches in window-sorted order (before shuffling the batches)."""
@@ -539,6 +644,17 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
             batches.append(current)
         return batches
 
+    def _groups(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's batches in groups of ``num_replicas`` (one batch each with one rank)."""
+        batches = self._sorted_batches(epoch)
+        world = self.num_replicas
+        if self.drop_last:
+            batches = batches[: len(batches) // world * world]
+        elif batches and len(batches) % world:
+            pad = world - len(batches) % world
+            batches = batches + (batches * math.ceil(pad / len(batches)))[:pad]
+        return [batches[i : i + world] for i in range(0, len(batches), world)]
+
     def _shuffled(self, units: list[Any], epoch: int) -> list[Any]:
         if not self.shuffle:
             return units
@@ -546,27 +662,36 @@ class BucketBatchSampler(ResumableSampler, tud.Sampler):
         return [units[i] for i in permutation]
 
     def __iter__(self) -> Iterator[list[int]]:
+        linked = getattr(self.sampler, "epoch", None)
+        if isinstance(linked, int) and linked != self._linked_epoch:
+            self._linked_epoch = linked
+            self.set_epoch(linked)
         epoch, start = self._begin_epoch()
-        return self._counted(self._shuffled(self._sorted_batches(epoch), epoch)[start:])
+        mine = [group[self.rank] for group in self._shuffled(self._groups(epoch), epoch)]
+        return self._counted(mine[start:])
 
     def __len__(self) -> int:
         return self.epoch_length(self.epoch)
 
     def epoch_length(self, epoch: int) -> int:
-        if self.batch_size is not None:
+        if self.batch_size is not None and self.num_replicas == 1:
             n = len(self.lengths)
             return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        return len(self._sorted_batches(epoch))
+        return len(self._groups(epoch))
+
+    def distributed(self, num_replicas: int, rank: int) -> DistributedBucketBatchSampler:
+        """This sampler's configuration (and seed) split across ``num_replicas`` ranks, as ``rank``."""
+        return DistributedBucketBatchSampler(
+            self.lengths, self.batch_size, max_tokens=self.max_tokens, num_replicas=num_replicas, rank=rank,
+            shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed, sort_window=self.sort_window)
 
 
 class DistributedBucketBatchSampler(BucketBatchSampler):
     """:class:`BucketBatchSampler` split across ranks: every rank gets the same number of
-    batches, and at each step the ranks' batches hold similar token counts.
+    batches, and at each step the ranks' batches hold similar token counts (see there).
 
-    All ranks build the same epoch batches (same ``seed``), take them in groups of
-    ``num_replicas`` neighbours in length order (so a group's batches cost about the
-    same), pad the last group by repeating batches from the start (or drop it with
-    ``drop_last``), shuffle the groups, and rank ``r`` takes the ``r``-th batch of each.
+    ``num_replicas`` and ``rank`` come from the initialized process group when not given
+    (or from ``sampler``, when Lightning injects one).
     """
 
     _warn_on_auto_epoch = True
@@ -583,28 +708,21 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
         drop_last: bool = False,
         seed: int = 0,
         sort_window: int | None = None,
+        sampler: tud.Sampler[Any] | None = None,
     ) -> None:
         super().__init__(lengths, batch_size, max_tokens=max_tokens, shuffle=shuffle, drop_last=drop_last,
-                         seed=seed, sort_window=sort_window)
-        self.num_replicas, self.rank = _rank_and_world(num_replicas, rank)
+                         seed=seed, sort_window=sort_window, sampler=sampler)
+        if sampler is None:
+            self.num_replicas, self.rank = _rank_and_world(num_replicas, rank)
+        elif (num_replicas, rank) != (None, None) and (num_replicas, rank) != (self.num_replicas, self.rank):
+            raise ValueError(f"DistributedBucketBatchSampler: num_replicas={num_replicas}, rank={rank} given, and a "
+                             f"sampler of {self.num_replicas} replicas, rank {self.rank}: give one or the other")
 
-    def order_config(self) -> dict[str, Any]:
-        return {**super().order_config(), "num_replicas": self.num_replicas, "rank": self.rank}
 
-    def _groups(self, epoch: int) -> list[list[list[int]]]:
-        batches = self._sorted_batches(epoch)
-        world = self.num_replicas
-        if self.drop_last:
-            batches = batches[: len(batches) // world * world]
-        elif batches and len(batches) % world:
-            pad = world - len(batches) % world
-            batches = batches + (batches * math.ceil(pad / len(batches)))[:pad]
-        return [batches[i : i + world] for i in range(0, len(batches), world)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, start = self._begin_epoch()
-        mine = [group[self.rank] for group in self._shuffled(self._groups(epoch), epoch)]
-        return self._counted(mine[start:])
-
-    def epoch_length(self, epoch: int) -> int:
-        return len(self._groups(epoch))
+def _ranks_of(sampler: Any, who: str) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a distributed sampler handed to ``who``, checked."""
+    num_replicas, rank = getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)
+    if not isinstance(num_replicas, int) or not isinstance(rank, int):
+        raise TypeError(f"{who}: sampler must be a distributed sampler (with num_replicas and rank, such as "
+                        f"torch's DistributedSampler), got {type(sampler).__name__}")
+    return _rank_and_world(num_replicas, rank)

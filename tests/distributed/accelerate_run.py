@@ -1,0 +1,115 @@
+"""Run under ``torchrun --standalone --nproc_per_node=2``: fastload loaders prepared by a
+real Accelerate ``Accelerator`` (gloo, CPU). Each rank records what it saw into
+``OUT/rank{r}.json``; tests/test_accelerate.py checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.utils.data as tud
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+import fastload
+from fastload.integrations.accelerate import AcceleratedDataLoader, use_fastload
+
+N = 45  # not a multiple of batch_size * world: the last step is padded
+BAD = 7  # a corrupt sample, left out under on_error="skip"
+
+
+class Stream(tud.IterableDataset):
+    def __iter__(self):
+        return iter(range(N))
+
+
+class Numbers(tud.Dataset):
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, i: int) -> dict:
+        if i == BAD:
+            raise ValueError(f"sample {i} is corrupt")
+        return {"index": torch.tensor(i), "pid": torch.tensor(os.getpid())}
+
+
+def train_loader() -> fastload.DataLoader:
+    return fastload.DataLoader(Numbers(), batch_size=4, shuffle=True, num_workers=2, on_error="skip",
+                               telemetry=True, persistent_workers=True)
+
+
+def indices(batches: list[dict]) -> list[list[int]]:
+    return [b["index"].tolist() for b in batches]
+
+
+def main() -> None:
+    out = sys.argv[1]
+    set_seed(11)
+    accelerator = use_fastload(Accelerator(cpu=True))
+    rank = accelerator.process_index
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader())
+    record: dict = {"rank": rank, "world": accelerator.num_processes, "main_pid": os.getpid(),
+                    "type": type(loader).__name__, "is_fastload": isinstance(loader, fastload.DataLoader),
+                    "device": str(loader.device), "on_error": loader.on_error, "len": len(loader),
+                    "sampler": type(loader.batch_sampler).__name__}
+
+    # Epoch 0 whole, with the gradient state's view of its end.
+    epoch0, ends, pids = [], [], set()
+    iterator = iter(loader)
+    record["worker_pids"] = [w.pid for w in iterator._workers]
+    for batch in iterator:
+        epoch0.append(batch)
+        ends.append(accelerator.gradient_state.end_of_dataloader)
+        pids.update(batch["pid"].tolist())
+    record.update(epoch0=indices(epoch0), ends=ends, batch_pids=sorted(pids),
+                  errors=[f.index for f in loader.errors], stats_batches=loader.stats().batches)
+
+    # Epoch 1: three batches, save_state, the rest.
+    iterator = iter(loader)
+    head = [next(iterator) for _ in range(3)]
+    checkpoint = os.path.join(out, "checkpoint")
+    accelerator.save_state(checkpoint)
+    tail = list(iterator)
+    record.update(epoch1=indices(head + tail), epoch1_tail=indices(tail), epoch2=indices(list(loader)))
+
+    # A new run: same set-up, load_state, iterate: exactly the tail of epoch 1.
+    set_seed(11)
+    resumed_accelerator = use_fastload(Accelerator(cpu=True))
+    resumed = resumed_accelerator.prepare(train_loader())
+    resumed_accelerator.load_state(checkpoint)
+    record["resumed_tail"] = indices(list(resumed))
+    record["resumed_next_epoch"] = indices(list(resumed))
+
+    # skip_first_batches by count: a fastload loader, after 3 batches of epoch 1.
+    set_seed(11)
+    counted_accelerator = use_fastload(Accelerator(cpu=True))
+    counted = counted_accelerator.prepare(train_loader())
+    counted.set_epoch(1)
+    skipped = counted_accelerator.skip_first_batches(counted, 3)
+    record["skip_is_fastload"] = isinstance(skipped, AcceleratedDataLoader)
+    record["skipped_tail"] = indices(list(skipped))
+
+    # Evaluation: gather_for_metrics gives every sample once, padding dropped.
+    evaluation = accelerator.prepare(fastload.DataLoader(tud.Subset(Numbers(), [i for i in range(N) if i != BAD]),
+                                                         batch_size=4, num_workers=1))
+    gathered = []
+    for batch in evaluation:
+        gathered += accelerator.gather_for_metrics(batch["index"]).tolist()
+    record["gathered"] = gathered
+
+    try:
+        accelerator.prepare(fastload.DataLoader(Stream(), batch_size=2))
+    except ValueError as exc:
+        record["iterable_error"] = str(exc)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as file:
+        json.dump(record, file)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
