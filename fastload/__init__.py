@@ -5,6 +5,7 @@ from torch.utils.data import get_worker_info
 from .collate import PadCollator, VoxelCollator, default_collate, default_convert
 from .samplers import (
     BucketBatchSampler,
+    DistributedBatchSampler,
     DistributedBucketBatchSampler,
     DistributedSampler,
     DistributedSamplerWrapper,
@@ -19,6 +20,7 @@ from . import telemetry, text
 __all__ = [
     "BucketBatchSampler",
     "DataLoader",
+    "DistributedBatchSampler",
     "DistributedBucketBatchSampler",
     "DistributedSampler",
     "DistributedSamplerWrapper",

@@ -276,6 +276,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 warnings.warn(f"fastload: set_epoch({epoch}) drops the loaded state's position in epoch "
                               f"{self._next_epoch} ({resume.batches} batches handed out): epoch {epoch} starts "
                               "from its beginning", stacklevel=2)
+            roles = sampler_roles(batching)
+            if resume.jumped and roles.resumable is not None:  # it was told to start at the position
+                roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": 0})
             self._resume = None
         self._next_epoch = epoch
         batching = batching_of(self)
@@ -511,6 +514,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 bound = roles.resumable.epoch_length(checked_count(sampler_state.get("epoch"), f"{where}: "
                                                                    "sampler.epoch"))
         point = settled_from_state(state, batching, bound, max(1, self.num_workers))
+        if roles.resumable is not None and point.beyond:
+            taken_by, here = sampler_state.get("rank"), getattr(roles.resumable, "rank", None)
+            if taken_by != here:
+                raise ValueError(f"{where}: the state holds positions delivered out of order by rank {taken_by}, which "
+                                 f"say nothing of what rank {here} delivered: resume each rank from its own state")
         generator = getattr(roles.seeded, "generator", None)
         generator_state = None
         if roles.seeded is not None and (point.prefix or point.beyond):
@@ -568,16 +576,21 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._warn_once(f"fastload: resuming an IterableDataset re-reads and discards the "
                             f"{sum(point.stream_items)} items its worker streams had given.")
         elif point.prefix and not point.jumped:
+            replayed = batching.sampler
+            inner = getattr(replayed, "sampler", None)
+            order = inner if inner is not None and batching.unit == "tasks" else replayed
             if generator_state is not None:
-                exact = "from its generator's state at the epoch's start"
+                exact = f"exact: {type(roles.seeded).__name__} draws again from its generator's state at the epoch's start"
             elif roles.resumable is not None:
-                exact = f"with its {type(roles.resumable).__name__} set to the epoch"
+                exact = f"exact: its {type(roles.resumable).__name__} is set to the epoch"
+            elif isinstance(order, torch.utils.data.DistributedSampler):
+                exact = f"exact: {type(order).__name__}'s order comes from its seed and epoch"
             else:
-                exact = "exact only if it repeats its order"
-            self._warn_once(
-                f"fastload: {type(batching.sampler).__name__} cannot jump to a position; replaying its first "
-                f"{point.prefix} items to resume ({exact})."
-            )
+                exact = f"exact only if {type(order).__name__} repeats its order"
+            name = type(replayed).__name__ + (f" (over {type(inner).__name__})" if order is inner else "")
+            unit = "batches" if batching.unit == "tasks" and self._auto_collation else "items"
+            self._warn_once(f"fastload: {name} cannot jump to a position; replaying its first {point.prefix} "
+                            f"{unit} to resume ({exact}).")
 
     def _lease_pool(self, base_seed: int, sample_seed: int, skip_items: list[int] | None) -> PoolLease:
         if not self.persistent_workers:

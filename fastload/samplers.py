@@ -11,6 +11,12 @@ flags), checked on load so that a state never silently resumes a differently con
 sampler. The ``(seed, epoch)`` samplers compute the epoch's order eagerly, at ``iter()``
 time; :class:`RandomSampler` draws at its first index, as torch's does.
 
+A distributed sampler's state also holds its ``rank``, which loading does not check: a
+rank may resume from another rank's state (Lightning checkpoints rank 0's loader state
+only), which is exact when the ranks handed out the same number of batches in order,
+as DDP's lockstep makes them (``fastload.DataLoader`` refuses another rank's
+out-of-order positions). The world size is part of ``config``.
+
 Epochs: calling ``set_epoch(e)`` (as with torch's ``DistributedSampler``) or
 ``load_state_dict`` fixes the epoch of the next iteration; iterating again without either
 moves to the next epoch by itself — silently for the single-process samplers (torch's
@@ -115,15 +121,19 @@ class ResumableSampler:
         """``{"seed", "epoch", "start", "config"}``: what the order comes from (for
         :class:`RandomSampler`, ``"generator"``/``"drawn_seed"`` instead of ``"seed"``), the
         epoch being (or last) iterated, how many items of it were yielded, and
-        :meth:`order_config`. JSON-serialisable."""
+        :meth:`order_config`; a distributed sampler's ``"rank"`` too. JSON-serialisable."""
         return {**self._order_state(upcoming=False), "epoch": int(self.epoch), "start": self._yielded,
-                "config": self.order_config()}
+                "config": self.order_config(), **self._rank_state()}
 
     def next_state(self) -> dict[str, Any]:
         """The state whose loading makes the next iteration start from its beginning as
         this sampler's next iteration would."""
         return {**self._order_state(upcoming=True), "epoch": self.next_epoch(), "start": 0,
-                "config": self.order_config()}
+                "config": self.order_config(), **self._rank_state()}
+
+    def _rank_state(self) -> dict[str, Any]:
+        rank = getattr(self, "rank", None)
+        return {"rank": rank} if isinstance(rank, int) else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items.
@@ -359,7 +369,7 @@ class DistributedSampler(ResumableSampler, tud.DistributedSampler):
         self._init_cursor(seed)
 
     def order_config(self) -> dict[str, Any]:
-        return {"length": len(self.dataset), "num_replicas": self.num_replicas, "rank": self.rank,  # type: ignore[arg-type]
+        return {"length": len(self.dataset), "num_replicas": self.num_replicas,  # type: ignore[arg-type]
                 "shuffle": self.shuffle, "drop_last": self.drop_last}
 
     def __iter__(self) -> Iterator[Any]:
@@ -417,7 +427,7 @@ class DistributedSamplerWrapper(ResumableSampler, tud.DistributedSampler):
     def order_config(self) -> dict[str, Any]:
         wrapped_length = len(self.sampler) if isinstance(self.sampler, Sized) else None
         return {"wrapped": type(self.sampler).__name__, "wrapped_length": wrapped_length,
-                "num_replicas": self.num_replicas, "rank": self.rank, "drop_last": self.drop_last}
+                "num_replicas": self.num_replicas, "drop_last": self.drop_last}
 
     def _per_rank(self, total: int) -> int:
         return total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
@@ -505,10 +515,14 @@ class DistributedBatchSampler(DistributedSamplerWrapper):
 class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
     """Batches of similar-length samples: less padding for variable-length data.
 
-    Each epoch: shuffle all indices, cut them into windows of ``sort_window`` samples,
-    sort each window by length, cut it into batches, shuffle the batches. Batches are
+    Shuffle all indices, cut them into windows of ``sort_window`` samples, sort each
+    window by length, cut it into batches; each epoch, shuffle the batches. Batches are
     either ``batch_size`` samples, or (``max_tokens``) as many as fit a token budget,
-    counting padding: a batch costs ``max(length) * len(batch)``.
+    counting padding: a batch costs ``max(length) * len(batch)``. Fixed-size batches are
+    formed anew every epoch. Token batches are formed once (from ``seed``), as fairseq
+    forms its batches, and only their order changes: every epoch then has the same
+    number of batches, so ``len()`` holds for every epoch (frameworks take it once:
+    Lightning ends an epoch after that many batches; learning-rate schedules count on it).
 
     Split across ranks (:class:`DistributedBucketBatchSampler`, or ``sampler=``), all
     ranks build the same epoch batches (same ``seed``), take them in groups of
@@ -604,11 +618,13 @@ class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
                   "max_tokens": self.max_tokens, "shuffle": self.shuffle, "drop_last": self.drop_last,
                   "sort_window": self.sort_window}
         if self.num_replicas > 1 or isinstance(self, DistributedBucketBatchSampler):
-            config.update(num_replicas=self.num_replicas, rank=self.rank)
+            config.update(num_replicas=self.num_replicas)
         return config
 
     def _sorted_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches in window-sorted order (before shuffling the batches)."""
+        if self.max_tokens is not None:
+            epoch = 0  # token batches are formed once: the count is every epoch's
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         n = len(self.lengths)

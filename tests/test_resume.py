@@ -4,6 +4,7 @@ uninterrupted loader yields after k, this epoch and the next ones."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -323,9 +324,47 @@ def test_a_fastload_sampler_inside_a_users_batch_sampler_resumes_its_epoch(taken
         return fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(fastload.RandomSampler(dataset, seed=3), 4,
                                                                          False))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "fastload: MyBatchSampler cannot jump", UserWarning)
+        warnings.filterwarnings("ignore", r"fastload: MyBatchSampler \(over RandomSampler\) cannot jump", UserWarning)
         resumed = interrupted_in_epoch_1(make, taken)
     assert resumed == epochs_of(make, 3)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_replay_warning_names_the_sampler_that_keeps_the_order(batched):
+    # What Lightning makes of a loader under DDP: torch's DistributedSampler injected, inside
+    # the loader's own batch sampler or not.
+    def make():
+        dataset = Indices(24)
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, seed=4)
+        if batched:
+            return fastload.DataLoader(dataset, batch_sampler=MyBatchSampler(sampler, 4, False))
+        return fastload.DataLoader(dataset, sampler=sampler, batch_size=4)
+    name, replayed = ("MyBatchSampler (over DistributedSampler)", "2 batches") if batched else \
+        ("DistributedSampler", "8 items")
+    with pytest.warns(UserWarning, match=re.escape(f"fastload: {name} cannot jump to a position; replaying its first "
+                                                   f"{replayed} to resume (exact: DistributedSampler's order comes from "
+                                                   "its seed and epoch)")):
+        resumed = interrupted_in_epoch_1(make, 2)
+    assert resumed == epochs_of(make, 3)
+
+
+def test_a_state_of_another_rank_resumes_in_order_positions_and_refuses_out_of_order_ones():
+    def make(rank):
+        dataset = Indices(40)
+        return fastload.DataLoader(dataset, batch_size=4,
+                                   sampler=fastload.DistributedSampler(dataset, num_replicas=2, rank=rank, seed=3))
+    loader = make(0)
+    it = iter(loader)
+    next(it), next(it)
+    state = json.loads(json.dumps(loader.state_dict()))
+    other = make(1)
+    other.load_state_dict(state)  # Lightning keeps rank 0's state for every rank: exact in lockstep
+    assert indices_of(other) == indices_of(make(1))[8:]  # two batches of 4
+    state["settled"]["beyond"] = [[12, 16]]  # batch 3 delivered before batch 2 (in_order=False)
+    make(0).load_state_dict(state)
+    with pytest.raises(ValueError, match="positions delivered out of order by rank 0, which say nothing of what "
+                                         "rank 1 delivered"):
+        make(1).load_state_dict(state)
 
 
 TORCH_SAMPLERS = {

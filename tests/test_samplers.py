@@ -151,6 +151,110 @@ def test_distributed_bucket_ranks_get_equal_counts_and_everything():
     assert set(i for p in parts for b in p for i in b) == set(range(1000))
 
 
+def test_token_batches_are_formed_once_so_every_epoch_has_len_batches():
+    sampler = fastload.BucketBatchSampler(LENGTHS, max_tokens=1200, seed=2, sort_window=200)
+    epochs = [list(sampler) for _ in range(4)]
+    assert {len(e) for e in epochs} == {len(sampler)}
+    assert all(sorted(i for b in e for i in b) == list(range(1000)) for e in epochs)
+    assert epochs[0] != epochs[1] and sorted(map(sorted, epochs[0])) == sorted(map(sorted, epochs[1]))
+
+
+def test_fixed_size_bucket_batches_are_formed_anew_every_epoch():
+    sampler = fastload.BucketBatchSampler(LENGTHS, 16, seed=2, sort_window=200)
+    first, second = list(sampler), list(sampler)
+    assert sorted(map(sorted, first)) != sorted(map(sorted, second))
+
+
+@pytest.mark.parametrize("mode", [dict(batch_size=16), dict(max_tokens=1200)])
+def test_a_bucket_sampler_given_a_distributed_sampler_splits_as_the_distributed_one(mode):
+    for rank in range(3):
+        injected = tud.DistributedSampler(range(1000), num_replicas=3, rank=rank)  # what Lightning injects
+        given = fastload.BucketBatchSampler(LENGTHS, seed=7, sampler=injected, **mode)
+        twin = fastload.DistributedBucketBatchSampler(LENGTHS, seed=7, num_replicas=3, rank=rank, **mode)
+        assert isinstance(given, tud.BatchSampler) and given.sampler is injected
+        assert (given.num_replicas, given.rank) == (3, rank) and len(given) == len(twin)
+        assert list(given) == list(twin)
+        injected.set_epoch(5)  # Lightning sets the injected sampler's epoch
+        twin.set_epoch(5)
+        assert list(given) == list(twin) and given.epoch == 5
+
+
+def test_a_bucket_sampler_needs_a_distributed_sampler_and_its_lengths_first():
+    with pytest.raises(TypeError, match="sampler must be a distributed sampler"):
+        fastload.BucketBatchSampler(LENGTHS, 16, sampler=tud.SequentialSampler(range(1000)))
+    with pytest.raises(TypeError, match="BucketBatchSampler got a DistributedSampler where the sample lengths go"):
+        fastload.BucketBatchSampler(tud.DistributedSampler(range(10), num_replicas=2, rank=0), batch_size=4,
+                                    drop_last=False)
+    with pytest.raises(ValueError, match="give one or the other"):
+        fastload.DistributedBucketBatchSampler(LENGTHS, 16, num_replicas=2, rank=0,
+                                               sampler=tud.DistributedSampler(range(1000), num_replicas=3, rank=0))
+
+
+def test_bucket_distributed_keeps_the_configuration_split_across_ranks():
+    sampler = fastload.BucketBatchSampler(LENGTHS, max_tokens=1200, seed=3, shuffle=False, sort_window=100)
+    parts = [sampler.distributed(2, r) for r in (0, 1)]
+    assert [type(p).__name__ for p in parts] == ["DistributedBucketBatchSampler"] * 2
+    assert {tuple(sorted(b)) for p in parts for b in p} == {tuple(sorted(b)) for b in sampler}
+    assert len(parts[0]) == len(parts[1]) == -(-len(sampler) // 2)
+
+
+def test_distributed_wrappers_are_torch_distributed_samplers():
+    random = fastload.DistributedSamplerWrapper(tud.RandomSampler(range(10)), num_replicas=2, rank=0)
+    ordered = fastload.DistributedSamplerWrapper(range(10), num_replicas=2, rank=1)
+    assert isinstance(random, tud.DistributedSampler) and random.shuffle and not ordered.shuffle
+    assert (random.num_samples, random.total_size) == (5, 10)
+
+
+@pytest.mark.parametrize("n", [45, 48, 3])
+def test_distributed_batch_sampler_gives_full_batches_real_samples_first_at_the_last_step(n):
+    world, size = 2, 4
+    parts = [list(fastload.DistributedBatchSampler(range(n), size, world, r)) for r in range(world)]
+    steps = -(-n // (size * world))
+    assert all(len(p) == steps and all(len(b) == size for b in p) for p in parts)
+    gathered = [i for step in range(steps) for p in parts for i in p[step]]  # gather, rank after rank
+    assert gathered[:n] == list(range(n)) and gathered[n:] == [i % n for i in range(len(gathered) - n)]
+    assert len(fastload.DistributedBatchSampler(range(n), size, world, 0)) == steps
+
+
+def test_distributed_batch_sampler_drop_last_repeats_nothing():
+    parts = [list(fastload.DistributedBatchSampler(range(45), 4, 2, r, drop_last=True)) for r in (0, 1)]
+    seen = [i for p in parts for b in p for i in b]
+    assert [len(p) for p in parts] == [5, 5] and sorted(seen) == list(range(40))
+
+
+def test_distributed_batch_sampler_orders_a_random_sampler_by_seed_and_epoch_and_resumes():
+    def make(rank):
+        return fastload.DistributedBatchSampler(tud.RandomSampler(range(30)), 4, 2, rank, seed=5)
+    first, again = make(0), make(0)
+    epochs = []
+    for epoch in range(2):
+        first.set_epoch(epoch)
+        epochs.append(list(first))
+    assert epochs[0] != epochs[1] and list(again) == epochs[0]
+    both = [i for b in epochs[0] + list(make(1)) for i in b]
+    assert set(both) == set(range(30)) and len(both) == 32  # two repeated to fill the last step
+    sampler = make(0)
+    sampler.set_epoch(1)
+    it = iter(sampler)
+    head = [next(it) for _ in range(2)]
+    resumed = make(0)
+    resumed.load_state_dict(json.loads(json.dumps(sampler.state_dict())))
+    assert head + list(resumed) == epochs[1]
+    with pytest.raises(ValueError, match="batch_size: 4 in the state, 5 here"):
+        fastload.DistributedBatchSampler(tud.RandomSampler(range(30)), 5, 2, 0).load_state_dict(sampler.state_dict())
+
+
+def test_a_distributed_samplers_state_names_its_rank_and_loads_on_another():
+    sampler = fastload.DistributedSampler(range(30), num_replicas=2, rank=0, seed=1)
+    it = iter(sampler)
+    next(it)
+    state = sampler.state_dict()
+    assert state["rank"] == 0
+    other = fastload.DistributedSampler(range(30), num_replicas=2, rank=1, seed=1)
+    other.load_state_dict(state)  # Lightning restores rank 0's loader state on every rank
+    assert list(other) == list(fastload.DistributedSampler(range(30), num_replicas=2, rank=1, seed=1))[1:]
+
+
 def test_load_state_dict_validates():
     sampler = fastload.SequentialSampler(range(5))
     with pytest.raises(KeyError, match="epoch"):
