@@ -42,6 +42,10 @@ from .samplers import RandomSampler, SequentialSampler, checked_count, checked_s
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
 
+#: Keys of torchdata's ``StatefulDataLoader.state_dict()`` (single-process and with workers)
+TORCHDATA_STATE_KEYS = frozenset({"_snapshot", "_steps_since_snapshot", "_num_yielded", "_sampler_iter_state",
+                                  "_index_sampler_state", "_iterator_finished"})
+
 #: The type of the dataset's samples: ``fastload.DataLoader[T]``, as ``torch.utils.data.DataLoader[T]``.
 T_co = TypeVar("T_co", covariant=True)
 
@@ -476,7 +480,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         Raises:
             TypeError: ``state`` is not a mapping.
             KeyError: a key of the state is missing.
-            ValueError: not a fastload DataLoader state, a malformed one (each field is
+            ValueError: not a fastload DataLoader state (torchdata's ``StatefulDataLoader``'s
+                is named as such), a malformed one (each field is
                 checked), or one this loader cannot resume exactly (another dataset length,
                 sampler, batching or number of worker streams; a torch sampler drawing from
                 the global RNG, mid-epoch; a generator state where this loader has none),
@@ -485,6 +490,13 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         where = "DataLoader.load_state_dict"
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: state must be a mapping (what state_dict() returns), got {type(state).__name__}")
+        foreign = TORCHDATA_STATE_KEYS & set(state)
+        if foreign and "format" not in state:
+            raise ValueError(
+                f"{where}: this is the state of torchdata's StatefulDataLoader (it has {sorted(foreign)}), not of "
+                "fastload.DataLoader. They record different things (torchdata: its iterator's counters and each "
+                "worker's snapshot; fastload: the positions of the epoch delivered, its seeds and its sampler's "
+                "state), and neither loads the other's: resume a fastload.DataLoader from a state it took itself.")
         missing = {"format", "epoch", "batches", "settled", "base_seed", "sample_root", "draws_once", "drawn",
                    "generator", "sampler", "sampler_generator", "order"} - set(state)
         if missing:
