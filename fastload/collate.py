@@ -272,6 +272,8 @@ class PadCollator:
         padding_side: ``"right"`` or ``"left"`` (decoder-only generation pads left).
         pad_to_multiple_of: round ``L`` up to a multiple (tensor-core friendly shapes).
         max_length: truncate sequences to this many steps (keeping the first ones).
+        return_lengths: include ``lengths``; off for models whose ``forward`` takes the
+            batch's keys as its arguments and has none by that name (Hugging Face's).
 
     Raises:
         ValueError: bad options; a ragged nested value, or trailing dimensions that differ,
@@ -288,6 +290,7 @@ class PadCollator:
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
         max_length: int | None = None,
+        return_lengths: bool = True,
     ) -> None:
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
@@ -302,6 +305,7 @@ class PadCollator:
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_length = max_length
+        self.return_lengths = return_lengths
 
     def _fill(self, key: str) -> float:
         if key in self.padding_values:
@@ -342,7 +346,8 @@ class PadCollator:
         if self.padding_side == "left":
             positions = positions.flip(0)
         batch["attention_mask"] = (positions[None, :] < lengths[:, None]).to(torch.int64)
-        batch["lengths"] = lengths
+        if self.return_lengths:
+            batch["lengths"] = lengths
         return batch
 
 

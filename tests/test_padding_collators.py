@@ -96,3 +96,10 @@ def test_voxel_errors_name_the_sample():
         VoxelCollator()([{"voxels": np.ones((1, 1, 1)), "coords": np.ones((1, 3))}])
     with pytest.raises(ValueError, match="mode"):
         VoxelCollator("stack")
+
+
+def test_pad_collator_leaves_lengths_out_for_models_that_take_the_batch_as_arguments():
+    batch = PadCollator(return_lengths=False)([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4],
+                                                                                               "labels": [4]}])
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels"]
+    assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]

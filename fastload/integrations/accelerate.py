@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -189,9 +189,10 @@ class _Preparation:
         self._accelerator = accelerator
         self._prepare_data_loader = accelerator.prepare_data_loader
         self._skip_first_batches = accelerator.skip_first_batches
-        #: keyword arguments that turn torch DataLoaders prepared by this accelerator into
-        #: fastload ones (None: they stay torch's); the Trainer integration sets them
-        self.convert: dict[str, Any] | None = None
+        #: while set, torch DataLoaders prepared by this accelerator become fastload ones, with
+        #: the fastload arguments it gives for each (None: they stay torch's); the Trainer
+        #: integration sets it while the Trainer makes its loaders
+        self.convert: Callable[[tud.DataLoader[Any]], dict[str, Any]] | None = None
         accelerator.prepare_data_loader = self.prepare_data_loader
         accelerator.skip_first_batches = self.skip_first_batches
         accelerator.register_save_state_pre_hook(self.save_states)
@@ -203,7 +204,7 @@ class _Preparation:
             if isinstance(data_loader, DataLoader):
                 data_loader = self.prepared(data_loader, {}, device_placement)
             elif self.convert is not None and type(data_loader) is tud.DataLoader:
-                data_loader = self.prepared(data_loader, self.convert, device_placement)
+                data_loader = self.prepared(data_loader, self.convert(data_loader), device_placement)
         return self._prepare_data_loader(data_loader, device_placement=device_placement,
                                          slice_fn_for_dispatch=slice_fn_for_dispatch)
 
