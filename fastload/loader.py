@@ -310,8 +310,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if resume is not None and resume.started:
             if resume.batches != num_batches:
                 raise ValueError(
-                    f"DataLoader.skip_first_batches({num_batches}): the loaded state already positions the loader "
-                    f"after {resume.batches} batches of epoch {self._next_epoch}; skip exactly those (or none)")
+                    f"DataLoader.skip_first_batches({num_batches}): a loaded state (or an earlier skip) already "
+                    f"positions the loader after {resume.batches} batches of epoch {self._next_epoch}; skip exactly "
+                    "those (or none)")
             return self
         if num_batches == 0:
             return self

@@ -112,7 +112,7 @@ def accelerator():
 
 class Failing(tud.Dataset):
     def __len__(self) -> int:
-        return 12
+        return 15
 
     def __getitem__(self, i: int) -> int:
         if i == 9:
@@ -148,6 +148,8 @@ def test_a_batch_that_fails_ahead_comes_after_the_batch_before_it(accelerator):
     with pytest.raises(ValueError, match="sample 9 is corrupt"):
         next(iterator)
     assert prepared.state_dict()["batches"] == 3
+    assert next(iterator).tolist() == [12, 13, 14]  # the epoch goes on after the failed batch, as torch's does
+    assert accelerator.gradient_state.end_of_dataloader
     with pytest.raises(StopIteration):
         next(iterator)
     assert not accelerator.gradient_state.in_dataloader
@@ -168,6 +170,20 @@ def test_remainder_is_the_last_batch_size(accelerator):
     prepared = accelerator.prepare(fastload.DataLoader(tud.TensorDataset(torch.arange(10)), batch_size=4))
     remainders = [accelerator.gradient_state.remainder for _ in prepared]
     assert remainders == [2, 2, 2]
+
+
+def test_a_stateful_dataloader_configuration_keeps_fastload_loaders_too():
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration
+
+    try:
+        stateful = use_fastload(accelerate.Accelerator(
+            cpu=True, dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=True)))
+        prepared = stateful.prepare(fastload.DataLoader(tud.TensorDataset(torch.arange(10)), batch_size=4))
+        assert isinstance(prepared, AcceleratedDataLoader) and not getattr(prepared, "use_stateful_dataloader", False)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
 
 def test_torch_loaders_are_still_prepared_by_accelerate(accelerator):

@@ -170,11 +170,10 @@ class _SaveLoaderState(TrainerCallback):
         loader = self._trainer.fastload_train_loader
         if loader is None:
             return
-        folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if not os.path.isdir(folder):
-            warnings.warn(f"FastloadTrainer: no checkpoint folder {folder} to write the training loader's state into "
-                          "(a hyperparameter search run?): resuming it will count batches instead", stacklevel=2)
+        if state.is_hyper_param_search:  # its checkpoints go to a folder per trial
             return
+        folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        os.makedirs(folder, exist_ok=True)  # on a node of its own, a process writes into a folder of its own
         rank = self._trainer.accelerator.process_index  # type: ignore[attr-defined]
         path = os.path.join(folder, STATE_FILE.format(rank=rank))
         with open(path + ".tmp", "w") as file:

@@ -6,7 +6,9 @@ Each process records the samples of every training batch its model saw into
 Scenarios: ``uninterrupted`` (two epochs), ``interrupted`` (stops after step 7; checkpoints
 at steps 3 and 6), ``resumed`` (from checkpoint 6), ``counted`` (from checkpoint 6 without
 fastload's loader state: the Trainer's count of batches). ``BUCKET=1`` trains on
-length-bucketed batches.
+length-bucketed batches. ``OUT_OF_ORDER=1``: ``dataloader_in_order=False`` and the first
+sample worker 0 loads takes a second, so the first batch comes after later ones (its
+checkpoints are at steps 3 and 6 as well).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 
 import torch
@@ -25,6 +28,8 @@ from fastload.integrations.transformers import FastloadTrainer
 
 N, BAD, VOCAB = 40, 13, 64
 BUCKET = os.environ.get("BUCKET") == "1"
+OUT_OF_ORDER = os.environ.get("OUT_OF_ORDER") == "1"
+KIND = "bucket" if BUCKET else "out_of_order" if OUT_OF_ORDER else "plain"
 
 
 class Sequences(tud.Dataset):
@@ -33,7 +38,14 @@ class Sequences(tud.Dataset):
     def __len__(self) -> int:
         return N
 
+    def __init__(self) -> None:
+        self.loaded = False
+
     def __getitem__(self, i: int) -> dict:
+        info = tud.get_worker_info()
+        if OUT_OF_ORDER and not self.loaded and info is not None and info.id == 0:
+            time.sleep(1.0)
+        self.loaded = True
         if i == BAD:
             raise ValueError(f"sample {i} is corrupt")
         tokens = [i] + [(i * 7 + k) % VOCAB for k in range(1 + i % 5)]
@@ -48,7 +60,7 @@ class Stop(transformers.TrainerCallback):
 
 def run(scenario: str, out: str) -> None:
     rank = int(os.environ.get("RANK", 0))
-    folder = os.path.join(out, "bucket" if BUCKET else "plain")
+    folder = os.path.join(out, KIND)
     transformers.set_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=16, n_embd=8, n_layer=1, n_head=2))
@@ -58,7 +70,7 @@ def run(scenario: str, out: str) -> None:
     args = transformers.TrainingArguments(
         output_dir=folder, per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=2,
         save_strategy="steps", save_steps=3, logging_steps=100, report_to=[], seed=5, dataloader_num_workers=2,
-        use_cpu=True, disable_tqdm=True, remove_unused_columns=False)
+        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_in_order=not OUT_OF_ORDER)
     lengths = [1 + i % 5 + 1 for i in range(N)]
     trainer = FastloadTrainer(
         model=model, args=args, train_dataset=Sequences(), eval_dataset=tud.Subset(Sequences(), range(0, 12)),
@@ -92,7 +104,7 @@ def run(scenario: str, out: str) -> None:
                   warnings=[str(w.message) for w in caught if "fastload" in str(w.message).lower()],
                   checkpoint6=sorted(os.listdir(os.path.join(folder, "checkpoint-6")))
                   if os.path.isdir(os.path.join(folder, "checkpoint-6")) else [])
-    with open(os.path.join(out, f"{'bucket' if BUCKET else 'plain'}_{scenario}_rank{rank}.json"), "w") as file:
+    with open(os.path.join(out, f"{KIND}_{scenario}_rank{rank}.json"), "w") as file:
         json.dump(record, file, default=str)
 
 
