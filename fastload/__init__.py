@@ -12,6 +12,7 @@ from .samplers import (
     RandomSampler,
     SequentialSampler,
 )
+from .iterable_shard import DistributedIterableDataset
 from .loader import DataLoader
 from .pool import WorkerDiedError
 from .sample_errors import SampleFailure, TooManySampleErrors
@@ -22,6 +23,7 @@ __all__ = [
     "DataLoader",
     "DistributedBatchSampler",
     "DistributedBucketBatchSampler",
+    "DistributedIterableDataset",
     "DistributedSampler",
     "DistributedSamplerWrapper",
     "PadCollator",

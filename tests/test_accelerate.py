@@ -93,9 +93,17 @@ def test_gather_for_metrics_gives_every_sample_once(ranks):
         assert r["gathered"] == [i for i in range(N) if i != BAD]
 
 
-def test_an_iterable_dataset_with_two_processes_is_refused_with_advice(ranks):
+def test_an_iterable_dataset_is_split_across_processes(ranks):
+    per_rank = [flat(r["stream_epoch"]) for r in ranks]
+    assert len(ranks[0]["stream_epoch"]) == len(ranks[1]["stream_epoch"])
+    assert set(per_rank[0]) | set(per_rank[1]) == set(range(N))
+    assert len(per_rank[0]) + len(per_rank[1]) - N <= 2 * BATCH * WORLD  # each worker's last step is completed
+
+
+def test_an_iterable_dataset_resumes_from_save_state(ranks):
     for r in ranks:
-        assert "IterableDataset" in r["iterable_error"] and "shard it by rank" in r["iterable_error"]
+        assert r["stream_head"] + r["stream_tail"] == r["stream_epoch"]
+        assert r["stream_resumed_tail"] == r["stream_tail"]
 
 
 # Single process: what Accelerate sees of the epoch.

@@ -39,9 +39,11 @@ only; other loaders go to Accelerate as before): a fastload loader is re-created
 * ``accelerator.skip_first_batches(loader, n)`` positions the fastload loader itself
   (:meth:`fastload.DataLoader.skip_first_batches`) and returns it.
 
-An ``IterableDataset`` must shard itself by rank with more than one process (fastload
-does not read a stream on every rank to keep a part of it): such a loader is refused
-with that advice.
+An ``IterableDataset`` is split as Accelerate splits one: every process reads the whole
+stream and keeps its batches of each step (:class:`fastload.DistributedIterableDataset`;
+one wrapped so already is kept). Datasets that read only their process's part themselves
+(a file per rank, ``datasets.distributed.split_dataset_by_node``) read less:
+``use_fastload(accelerator, split_iterable_datasets=False)`` leaves them as they are.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any
 import torch
 import torch.utils.data as tud
 
+from ..iterable_shard import DistributedIterableDataset
 from ..loader import DataLoader, constructor_arguments
 from ..samplers import DistributedBatchSampler, DistributedSamplerWrapper
 
@@ -96,7 +99,11 @@ class AcceleratedDataLoader(DataLoader[Any]):
         """Real samples in the last step over all processes (``gather_for_metrics`` keeps
         those), 0 when the steps are full, -1 when unknown (Accelerate's convention)."""
         batch_sampler = self.batch_sampler
+        dataset = self.dataset
         try:
+            if isinstance(dataset, DistributedIterableDataset):  # exact in one stream only
+                step = dataset.batch_size * dataset.num_replicas
+                return -1 if self.num_workers > 1 or dataset.drop_last else len(dataset.dataset) % step  # type: ignore[arg-type]
             if isinstance(batch_sampler, DistributedBatchSampler):
                 step = batch_sampler.batch_size * batch_sampler.num_replicas
                 return 0 if batch_sampler.drop_last else len(batch_sampler.sampler) % step  # type: ignore[arg-type]
@@ -165,19 +172,23 @@ class _GradientStateStage:
             self._gradient_state._remove_dataloader(self)
 
 
-def use_fastload(accelerator: Any) -> Any:
+def use_fastload(accelerator: Any, *, split_iterable_datasets: bool = True) -> Any:
     """Make ``accelerator.prepare`` keep fastload loaders (NOTE [ Accelerate ]); returns
     the accelerator. Loaders of other kinds are prepared as Accelerate prepares them.
     Calling it again changes nothing.
 
+    Args:
+        split_iterable_datasets: with more than one process, split an ``IterableDataset``
+            across them (every process reads the whole stream). False when the datasets
+            read only their own process's part themselves.
+
     Raises:
-        ValueError: later, from ``prepare``, for a fastload loader over an
-            ``IterableDataset`` with more than one process, or a ``split_batches``
-            batch size that the number of processes does not divide.
+        ValueError: later, from ``prepare``, for a ``split_batches`` batch size that the
+            number of processes does not divide.
     """
     if getattr(accelerator, "_fastload", None) is not None:
         return accelerator
-    accelerator._fastload = _Preparation(accelerator)
+    accelerator._fastload = _Preparation(accelerator, split_iterable_datasets)
     return accelerator
 
 
@@ -185,8 +196,9 @@ class _Preparation:
     """What :func:`use_fastload` installs on one accelerator: its ``prepare_data_loader``
     and ``skip_first_batches`` in front of Accelerate's, and the checkpoint hooks."""
 
-    def __init__(self, accelerator: Any) -> None:
+    def __init__(self, accelerator: Any, split_iterable_datasets: bool) -> None:
         self._accelerator = accelerator
+        self._split_iterable_datasets = split_iterable_datasets
         self._prepare_data_loader = accelerator.prepare_data_loader
         self._skip_first_batches = accelerator.skip_first_batches
         #: while set, torch DataLoaders prepared by this accelerator become fastload ones, with
@@ -241,10 +253,12 @@ class _Preparation:
             warnings.warn("use_fastload: even_batches=False is not followed for fastload loaders: every process gets "
                           "the same number of batches", stacklevel=4)
         if isinstance(loader.dataset, tud.IterableDataset):
-            raise ValueError(
-                f"use_fastload: the loader's {type(loader.dataset).__name__} is an IterableDataset, and with "
-                f"{world} processes each must read its own part: shard it by rank in the dataset "
-                "(torch.distributed.get_rank(), or datasets.distributed.split_dataset_by_node), then prepare it")
+            if isinstance(loader.dataset, DistributedIterableDataset) or not self._split_iterable_datasets:
+                return {}
+            batch_size = self._per_process(arguments["batch_size"] or 1)
+            return {"dataset": DistributedIterableDataset(loader.dataset, batch_size, world, rank,
+                                                          drop_last=arguments["drop_last"]),
+                    "batch_size": arguments["batch_size"] and batch_size, "drop_last": arguments["drop_last"]}
         batch_sampler = arguments.get("batch_sampler")
         if batch_sampler is not None:  # the user's own batches
             if isinstance(batch_sampler, tud.DistributedSampler) or getattr(batch_sampler, "num_replicas", 1) > 1:
@@ -258,13 +272,18 @@ class _Preparation:
         batch_size = arguments["batch_size"]
         if batch_size is None:
             return {"sampler": DistributedSamplerWrapper(sampler, world, rank, seed=self._seed(loader))}
-        if config.split_batches:
-            if batch_size % world:
-                raise ValueError(f"use_fastload: with split_batches=True the batch size ({batch_size}) must be a "
-                                 f"multiple of the number of processes ({world})")
-            batch_size //= world
-        return {"batch_sampler": DistributedBatchSampler(sampler, batch_size, world, rank,
+        return {"batch_sampler": DistributedBatchSampler(sampler, self._per_process(batch_size), world, rank,
                                                          drop_last=arguments["drop_last"], seed=self._seed(loader))}
+
+    def _per_process(self, batch_size: int) -> int:
+        """A process's batch size: all of it, or with ``split_batches`` its part."""
+        world = self._accelerator.num_processes
+        if not self._accelerator.dataloader_config.split_batches:
+            return batch_size
+        if batch_size % world:
+            raise ValueError(f"use_fastload: with split_batches=True the batch size ({batch_size}) must be a "
+                             f"multiple of the number of processes ({world})")
+        return batch_size // world
 
     def _seed(self, loader: tud.DataLoader[Any]) -> int:
         """The seed every process orders the shared sequence by (NOTE [ Accelerate ])."""

@@ -22,8 +22,12 @@ BAD = 7  # a corrupt sample, left out under on_error="skip"
 
 
 class Stream(tud.IterableDataset):
+    """0..N-1, worker w of W yielding the values equal to w modulo W."""
+
     def __iter__(self):
-        return iter(range(N))
+        info = tud.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return iter(torch.tensor(v) for v in range(worker, N, workers))
 
 
 class Numbers(tud.Dataset):
@@ -102,10 +106,21 @@ def main() -> None:
         gathered += accelerator.gather_for_metrics(batch["index"]).tolist()
     record["gathered"] = gathered
 
-    try:
-        accelerator.prepare(fastload.DataLoader(Stream(), batch_size=2))
-    except ValueError as exc:
-        record["iterable_error"] = str(exc)
+    # An IterableDataset: split batch by batch, and resumed from save_state/load_state.
+    def stream_loader(stream_accelerator):
+        return stream_accelerator.prepare(fastload.DataLoader(Stream(), batch_size=4, num_workers=2))
+    stream_accelerator = use_fastload(Accelerator(cpu=True))
+    streamed = stream_loader(stream_accelerator)
+    record["stream_epoch"] = [b.tolist() for b in streamed]
+    iterator = iter(streamed)
+    head = [next(iterator).tolist() for _ in range(3)]
+    stream_accelerator.save_state(os.path.join(out, "stream"))
+    record["stream_tail"] = [b.tolist() for b in iterator]
+    resumed_stream_accelerator = use_fastload(Accelerator(cpu=True))
+    resumed_stream = stream_loader(resumed_stream_accelerator)
+    resumed_stream_accelerator.load_state(os.path.join(out, "stream"))
+    record["stream_resumed_tail"] = [b.tolist() for b in resumed_stream]
+    record["stream_head"] = head
     with open(os.path.join(out, f"rank{rank}.json"), "w") as file:
         json.dump(record, file)
     accelerator.end_training()
