@@ -265,28 +265,33 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         and the epoch of its sampler, or of the sampler inside its batch sampler, where
         that has a ``set_epoch`` (fastload's samplers, torch's ``DistributedSampler``).
 
-        A position :meth:`load_state_dict` left for another epoch is dropped, with a
-        warning if that epoch was not over; one :meth:`skip_first_batches` left is kept.
+        The epoch of a state :meth:`load_state_dict` loaded is kept, with its sampler's
+        epoch (which the state holds); that of another epoch is dropped, with a warning if
+        that epoch was not over. A position :meth:`skip_first_batches` left is kept.
 
         Raises:
             ValueError: ``epoch`` is not a whole number >= 0.
         """
         epoch = checked_count(epoch, "DataLoader.set_epoch: epoch")
         resume = self._resume
-        if resume is not None and resume.from_state and epoch != self._next_epoch:
-            batching = batching_of(self)
+        batching = batching_of(self)
+        roles = sampler_roles(batching)
+        loaded = resume is not None and resume.from_state
+        if loaded and epoch != self._next_epoch:
+            assert resume is not None
             if resume.started and (batching.unit == "items" or
                                    remaining_batches(batching, resume, self._index_sampler) > 0):
                 warnings.warn(f"fastload: set_epoch({epoch}) drops the loaded state's position in epoch "
                               f"{self._next_epoch} ({resume.batches} batches handed out): epoch {epoch} starts "
                               "from its beginning", stacklevel=2)
-            roles = sampler_roles(batching)
             if resume.jumped and roles.resumable is not None:  # it was told to start at the position
                 roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": 0})
             self._resume = None
+            loaded = False
         self._next_epoch = epoch
-        batching = batching_of(self)
         for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None)):
+            if loaded and sampler is roles.resumable:
+                continue  # the state set its epoch
             if callable(getattr(sampler, "set_epoch", None)):
                 sampler.set_epoch(epoch)
 

@@ -80,6 +80,23 @@ def test_set_epoch_keeps_a_state_of_the_same_epoch_and_drops_one_of_another():
     assert len(values(other)) == len(head) + len(rest)
 
 
+def test_set_epoch_of_the_loaded_epoch_keeps_the_samplers_epoch_from_the_state():
+    def make():
+        dataset = Indices(24)
+        return fastload.DataLoader(dataset, batch_size=3,
+                                   sampler=fastload.DistributedSampler(dataset, num_replicas=2, rank=0, seed=2))
+    loader = make()
+    loader.sampler.set_epoch(100)  # the sampler's epochs are the user's own, not the loader's
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    rest = values(iterator)
+    resumed = make()
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0)  # the loader's epoch of that state
+    assert values(resumed) == rest
+
+
 def test_set_epoch_after_a_state_at_the_end_of_an_epoch_says_nothing():
     loader = distributed()
     iterator = iter(loader)
