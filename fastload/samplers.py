@@ -503,8 +503,8 @@ class DistributedBatchSampler(DistributedSamplerWrapper):
         size = steps * self.batch_size * self.num_replicas
         if len(items) < size:
             items = (items * math.ceil(size / max(1, len(items))))[:size]
-        mine = [items[(step * self.num_replicas + self.rank) * self.batch_size:][: self.batch_size]
-                for step in range(steps)]
+        first = [(step * self.num_replicas + self.rank) * self.batch_size for step in range(steps)]
+        mine = [items[at : at + self.batch_size] for at in first]
         return self._counted(mine[start:])
 
     @property
