@@ -598,7 +598,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             inner = getattr(replayed, "sampler", None)
             order = inner if inner is not None and batching.unit == "tasks" else replayed
             if generator_state is not None:
-                exact = f"exact: {type(roles.seeded).__name__} draws again from its generator's state at the epoch's start"
+                exact = (f"exact: {type(roles.seeded).__name__} draws again from its generator's state at the "
+                         "epoch's start")
             elif roles.resumable is not None:
                 exact = f"exact: its {type(roles.resumable).__name__} is set to the epoch"
             elif isinstance(order, torch.utils.data.DistributedSampler):

@@ -3,6 +3,7 @@ processes under torchrun (gloo, CPU), and single-process checks of the gradient 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -144,6 +145,28 @@ def test_a_single_process_loader_keeps_its_sampler_and_order(accelerator):
     assert isinstance(prepared, AcceleratedDataLoader) and prepared.sampler is sampler
     assert prepared.total_batch_size == 3 and len(prepared) == 4
     assert [b[0].tolist() for b in prepared] == [b[0].tolist() for b in make()]
+
+
+def double(batch):
+    return batch * 2
+
+
+def test_every_fastload_option_and_torch_argument_survives_prepare(accelerator):
+    options = dict(seed_per_sample=True, device=torch.device("cpu"), device_prefetch=3, batch_transform=double,
+                   min_slot_bytes=1 << 21, on_error="replace", max_errors=5, max_worker_restarts=2, telemetry=True,
+                   sample_root=7)
+    torch_arguments = set(inspect.signature(tud.DataLoader).parameters)
+    extras = {name for name in inspect.signature(fastload.DataLoader).parameters} - torch_arguments
+    assert extras == set(options)  # a new option must be kept by prepare too
+    kept = dict(num_workers=1, persistent_workers=True, prefetch_factor=3, in_order=False, timeout=30.0,
+                worker_init_fn=double, multiprocessing_context="spawn")
+    loader = fastload.DataLoader(tud.TensorDataset(torch.arange(8)), batch_size=2, collate_fn=fastload.PadCollator(),
+                                 **kept, **options)
+    prepared = accelerator.prepare(loader)
+    for name, value in {**options, **kept}.items():
+        assert getattr(prepared, name) == value or name == "multiprocessing_context", name
+    assert prepared.multiprocessing_context.get_start_method() == "spawn"
+    assert prepared.collate_fn is loader.collate_fn
 
 
 def test_a_batch_that_fails_ahead_comes_after_the_batch_before_it(accelerator):

@@ -341,9 +341,9 @@ def test_the_replay_warning_names_the_sampler_that_keeps_the_order(batched):
         return fastload.DataLoader(dataset, sampler=sampler, batch_size=4)
     name, replayed = ("MyBatchSampler (over DistributedSampler)", "2 batches") if batched else \
         ("DistributedSampler", "8 items")
-    with pytest.warns(UserWarning, match=re.escape(f"fastload: {name} cannot jump to a position; replaying its first "
-                                                   f"{replayed} to resume (exact: DistributedSampler's order comes from "
-                                                   "its seed and epoch)")):
+    expected = (f"fastload: {name} cannot jump to a position; replaying its first {replayed} to resume (exact: "
+                "DistributedSampler's order comes from its seed and epoch)")
+    with pytest.warns(UserWarning, match=re.escape(expected)):
         resumed = interrupted_in_epoch_1(make, 2)
     assert resumed == epochs_of(make, 3)
 

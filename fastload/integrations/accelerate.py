@@ -163,7 +163,7 @@ class _GradientStateStage:
             self._ahead.append(next(self._source))
         except StopIteration:
             self.end_of_dataloader = True
-        except BaseException as error:  # noqa: BLE001 - raised in its turn, after the batch before it
+        except Exception as error:  # noqa: BLE001 - raised in its turn, after the batch before it
             self._error = error
 
     def _end(self) -> None:

@@ -172,7 +172,8 @@ class _SaveLoaderState(TrainerCallback):
             return
         if state.is_hyper_param_search:  # its checkpoints go to a folder per trial
             return
-        folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        prefix = transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+        folder = os.path.join(args.output_dir, f"{prefix}-{state.global_step}")
         os.makedirs(folder, exist_ok=True)  # on a node of its own, a process writes into a folder of its own
         rank = self._trainer.accelerator.process_index  # type: ignore[attr-defined]
         path = os.path.join(folder, STATE_FILE.format(rank=rank))
