@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -28,3 +32,22 @@ def assert_same(a, b, path: str = "batch") -> None:
             assert_same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_distributed(script: str, *args: str, processes: int = 2, launcher: str = "torchrun", timeout: float = 300,
+                    env: dict[str, str] | None = None) -> None:
+    """Run ``tests/distributed/<script>`` on ``processes`` real processes (``torchrun``), or
+    with ``launcher="python"`` as one process that starts the others itself (Lightning);
+    fails the test with the end of its output unless it exits 0."""
+    if launcher == "torchrun":
+        torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+        command = [torchrun, "--standalone", f"--nproc_per_node={processes}"]
+    else:
+        command = [sys.executable]
+    result = subprocess.run([*command, os.path.join("tests", "distributed", script), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

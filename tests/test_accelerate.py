@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,20 +16,14 @@ accelerate = pytest.importorskip("accelerate")
 
 from fastload.integrations.accelerate import AcceleratedDataLoader, use_fastload  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import run_distributed  # noqa: E402
 N, BAD, BATCH, WORLD = 45, 7, 4, 2
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("accelerate")
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "tests/distributed/accelerate_run.py", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_distributed("accelerate_run.py", str(out), processes=WORLD)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import run_distributed
 N = 101
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("torchrun")
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "tests/distributed/record_samplers.py", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_distributed("record_samplers.py", str(out), timeout=240)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -5,15 +5,12 @@ checkpoints, and loaders Lightning re-creates."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-pytest.importorskip("pytorch_lightning")
+from .helpers import run_distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip("pytorch_lightning")
 N, MAX_TOKENS = 101, 200
 KINDS = ["bucket", "distributed_bucket", "wrapper"]
 
@@ -21,10 +18,7 @@ KINDS = ["bucket", "distributed_bucket", "wrapper"]
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("lightning")
-    result = subprocess.run([sys.executable, "tests/distributed/lightning_run.py", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=400,
-                            env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_distributed("lightning_run.py", str(out), launcher="python", timeout=400)  # Lightning starts rank 1
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

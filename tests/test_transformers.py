@@ -4,30 +4,20 @@ torchrun (gloo, CPU), a tiny GPT-2 built from a config, resumed mid-epoch."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
+from .helpers import run_distributed
+
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD, EVAL_SAMPLES = 13, 12
 
 
 def run(out, kind: str, *scenarios: str) -> None:
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "tests/distributed/trainer_run.py", str(out), *scenarios],
-        cwd=REPO, capture_output=True, text=True, timeout=400,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "BUCKET": str(int(kind == "bucket")),
-             "OUT_OF_ORDER": str(int(kind == "out_of_order")),
-             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_distributed("trainer_run.py", str(out), *scenarios, timeout=400,
+                    env={"BUCKET": str(int(kind == "bucket")), "OUT_OF_ORDER": str(int(kind == "out_of_order")),
+                         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"})
 
 
 @pytest.fixture(scope="module")

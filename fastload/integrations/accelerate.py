@@ -307,22 +307,36 @@ class _Preparation:
     def save_states(self, models: Any, weights: Any, output_dir: str) -> None:
         rank = self._accelerator.process_index
         for index, loader in enumerate(self.loaders()):
-            path = os.path.join(output_dir, STATE_FILE.format(index=index, rank=rank))
-            with open(path + ".tmp", "w") as file:
-                json.dump(loader.state_dict(), file)
-            os.replace(path + ".tmp", path)
+            save_loader_state(loader, os.path.join(output_dir, STATE_FILE.format(index=index, rank=rank)))
 
     def load_states(self, models: Any, input_dir: str) -> None:
         rank = self._accelerator.process_index
         for index, loader in enumerate(self.loaders()):
             path = os.path.join(input_dir, STATE_FILE.format(index=index, rank=rank))
-            if not os.path.exists(path):
+            if not load_loader_state(loader, path, f"use_fastload: prepared loader {index}"):
                 warnings.warn(f"use_fastload: {path} is missing (a checkpoint saved without fastload's integration?): "
                               f"loader {index} starts its next epoch from the beginning", stacklevel=4)
-                continue
-            with open(path) as file:
-                state = json.load(file)
-            try:
-                loader.load_state_dict(state)
-            except (KeyError, ValueError) as exc:
-                raise ValueError(f"use_fastload: {path} does not resume prepared loader {index}: {exc}") from exc
+
+
+def save_loader_state(loader: DataLoader[Any], path: str) -> None:
+    """``loader.state_dict()`` as JSON at ``path``, written whole or not at all."""
+    with open(path + ".tmp", "w") as file:
+        json.dump(loader.state_dict(), file)
+    os.replace(path + ".tmp", path)
+
+
+def load_loader_state(loader: DataLoader[Any], path: str, who: str) -> bool:
+    """Load the state at ``path`` into ``loader``; False if there is no such file.
+
+    Raises:
+        ValueError: the state does not resume ``loader``, naming ``who`` and ``path``.
+    """
+    if not os.path.exists(path):
+        return False
+    with open(path) as file:
+        state = json.load(file)
+    try:
+        loader.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{who}: {path} does not resume it: {exc}") from exc
+    return True

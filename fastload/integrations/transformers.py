@@ -34,7 +34,6 @@ by rank and registered with Accelerate's gradient state as the Trainer expects.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -49,7 +48,7 @@ from transformers import TrainerCallback
 
 from ..loader import DataLoader
 from ..samplers import DistributedSamplerWrapper
-from .accelerate import AcceleratedDataLoader, use_fastload
+from .accelerate import AcceleratedDataLoader, load_loader_state, save_loader_state, use_fastload
 
 __all__ = ["FastloadTrainer", "FastloadTrainerMixin"]
 
@@ -143,17 +142,10 @@ class FastloadTrainerMixin:
     def _load_train_state(self, loader: DataLoader[Any], checkpoint: str) -> None:
         rank = self.accelerator.process_index  # type: ignore[attr-defined]
         path = os.path.join(checkpoint, STATE_FILE.format(rank=rank))
-        if not os.path.exists(path):
+        if not load_loader_state(loader, path, "FastloadTrainer: the training loader"):
             warnings.warn(f"FastloadTrainer: {path} is missing (a checkpoint of a plain Trainer?): the training "
                           "loader skips the batches the Trainer counts, which is exact unless a batch among them "
                           "failed whole under on_error='skip'", stacklevel=3)
-            return
-        with open(path) as file:
-            state = json.load(file)
-        try:
-            loader.load_state_dict(state)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"FastloadTrainer: {path} does not resume this training loader: {exc}") from exc
 
 
 class FastloadTrainer(FastloadTrainerMixin, transformers.Trainer):
@@ -176,10 +168,7 @@ class _SaveLoaderState(TrainerCallback):
         folder = os.path.join(args.output_dir, f"{prefix}-{state.global_step}")
         os.makedirs(folder, exist_ok=True)  # on a node of its own, a process writes into a folder of its own
         rank = self._trainer.accelerator.process_index  # type: ignore[attr-defined]
-        path = os.path.join(folder, STATE_FILE.format(rank=rank))
-        with open(path + ".tmp", "w") as file:
-            json.dump(loader.state_dict(), file)
-        os.replace(path + ".tmp", path)
+        save_loader_state(loader, os.path.join(folder, STATE_FILE.format(rank=rank)))
 
 
 def _install_skip_first_batches() -> None:
