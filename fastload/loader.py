@@ -17,7 +17,7 @@ import torch
 import torch.utils.data
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from .collate import is_default_collate
+from .collate import default_convert, is_default_collate
 from .loader_iter import EpochIterator, InProcessIterator, LoaderIterator, MappedIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
@@ -328,8 +328,11 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         point = point_after_batches(batching, num_batches)
         roles = sampler_roles(batching)
         if roles.jumps:
-            roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": point.prefix})
-            point.jumped = True
+            try:
+                roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": point.prefix})
+                point.jumped = True
+            except ValueError:  # a RandomSampler drawing from torch's global RNG when the epoch begins: replayed
+                pass
         point.base_seed = resume.base_seed if resume is not None else None
         self._resume = point
         return self
@@ -428,8 +431,10 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         ``"generator"``: the state of the loader's own ``generator``, and
         ``"sampler_generator"`` that of a torch sampler's generator, where they have one;
         ``"sampler"``: the sampler's own state when it is a fastload sampler (else
-        ``None``); ``"order"``: what a resumed loader must share. Take it between batches,
-        from the training loop.
+        ``None``); ``"order"``: what a resumed loader must share; ``"rank"``: the rank of
+        the distributed sampler, if one orders the epoch (not part of ``"order"``: a rank
+        resumes from another's in-order state, as Lightning's checkpoints need, and refuses
+        another's out-of-order positions). Take it between batches, from the training loop.
         """
         batching = batching_of(self)
         roles = sampler_roles(batching)
@@ -468,7 +473,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 "drawn": bool(progress is not None and not progress.finished and progress.drawn),
                 "generator": encode_generator_state(own_state),
                 "sampler": sampler_state, "sampler_generator": encode_generator_state(generator_state),
-                "order": order_description(self, batching)}
+                "order": order_description(self, batching), "rank": _rank_of(batching)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next ``iter(loader)`` delivers exactly the
@@ -532,8 +537,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 bound = roles.resumable.epoch_length(checked_count(sampler_state.get("epoch"), f"{where}: "
                                                                    "sampler.epoch"))
         point = settled_from_state(state, batching, bound, max(1, self.num_workers))
-        if roles.resumable is not None and point.beyond:
-            taken_by, here = sampler_state.get("rank"), getattr(roles.resumable, "rank", None)
+        if point.beyond:
+            taken_by, here = state.get("rank"), _rank_of(batching)
             if taken_by != here:
                 raise ValueError(f"{where}: the state holds positions delivered out of order by rank {taken_by}, which "
                                  f"say nothing of what rank {here} delivered: resume each rank from its own state")
@@ -663,6 +668,15 @@ def _nothing() -> None:
     pass
 
 
+def _rank_of(batching: Batching) -> int | None:
+    """The rank of the distributed sampler that orders the epoch (or sits inside the batch sampler that does)."""
+    for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None)):
+        rank = getattr(sampler, "rank", None)
+        if isinstance(rank, int) and isinstance(getattr(sampler, "num_replicas", None), int):
+            return rank
+    return None
+
+
 #: torch's DataLoader arguments that a loader keeps as attributes of the same name
 _KEPT_ARGUMENTS = ("dataset", "num_workers", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
                    "generator", "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order")
@@ -680,12 +694,14 @@ def constructor_arguments(loader: torch.utils.data.DataLoader[Any], **changes: A
     torch loader as a fastload one. Batching is given as the loader batches: its
     ``batch_sampler`` if it has one of its own, else ``batch_size``, ``drop_last`` and its
     ``sampler`` (the sampler ``shuffle`` made, for example); a change to one of those
-    replaces them all, as torch's rules for them require. A default ``collate_fn`` is
-    left to the new loader to choose."""
+    replaces them all, as torch's rules for them require. The ``collate_fn`` torch picks
+    for the loader's batching is left to the new loader to pick."""
     arguments = {name: getattr(loader, name) for name in _KEPT_ARGUMENTS}
     arguments.update({name: getattr(loader, name) for name in FASTLOAD_OPTIONS if hasattr(loader, name)})
     collate_fn = loader.collate_fn
-    if not (is_default_collate(collate_fn) or collate_fn is torch.utils.data.default_convert):
+    batching = loader.batch_sampler is not None  # torch's _auto_collation
+    if not (is_default_collate(collate_fn) if batching else collate_fn in (torch.utils.data.default_convert,
+                                                                           default_convert)):
         arguments["collate_fn"] = collate_fn
     if arguments["num_workers"] == 0:
         arguments["prefetch_factor"] = None  # torch fills in its default of 2 only for workers
@@ -698,9 +714,10 @@ def constructor_arguments(loader: torch.utils.data.DataLoader[Any], **changes: A
     else:  # batch_size=None: no batching
         arguments.update(batch_size=None, sampler=loader.sampler)
     if any(name in changes for name in _BATCHING_ARGUMENTS):
+        own_batch_sampler = loader.batch_size is None and loader.batch_sampler is not None
         for name in _BATCHING_ARGUMENTS:
             arguments.pop(name, None)
-        if changes.get("batch_sampler") is None and "batch_size" not in changes and loader.batch_size is not None:
+        if changes.get("batch_sampler") is None and "batch_size" not in changes and not own_batch_sampler:
             arguments.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
     arguments.update(changes)
     return arguments

@@ -11,11 +11,10 @@ flags), checked on load so that a state never silently resumes a differently con
 sampler. The ``(seed, epoch)`` samplers compute the epoch's order eagerly, at ``iter()``
 time; :class:`RandomSampler` draws at its first index, as torch's does.
 
-A distributed sampler's state also holds its ``rank``, which loading does not check: a
-rank may resume from another rank's state (Lightning checkpoints rank 0's loader state
-only), which is exact when the ranks handed out the same number of batches in order,
-as DDP's lockstep makes them (``fastload.DataLoader`` refuses another rank's
-out-of-order positions). The world size is part of ``config``.
+A distributed sampler's ``config`` holds the world size, not its rank: a rank may resume
+from another rank's state (Lightning checkpoints rank 0's loader state only), which is
+exact when the ranks handed out the same number of batches in order, as DDP's lockstep
+makes them (``fastload.DataLoader`` refuses another rank's out-of-order positions).
 
 Epochs: calling ``set_epoch(e)`` (as with torch's ``DistributedSampler``) or
 ``load_state_dict`` fixes the epoch of the next iteration; iterating again without either
@@ -29,6 +28,7 @@ uses ``isinstance(sampler, RandomSampler)`` to tell whether a loader shuffles).
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import zlib
@@ -95,6 +95,7 @@ class ResumableSampler:
         self._start = 0  # items of the next iteration to skip
         self._yielded = 0  # items of the current iteration yielded so far
         self._warned_auto_epoch = False
+        self._linked_epoch: int | None = None  # the epoch last taken from another sampler (_follow_epoch_of)
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next iteration (its order is a function of seed and epoch)."""
@@ -121,19 +122,15 @@ class ResumableSampler:
         """``{"seed", "epoch", "start", "config"}``: what the order comes from (for
         :class:`RandomSampler`, ``"generator"``/``"drawn_seed"`` instead of ``"seed"``), the
         epoch being (or last) iterated, how many items of it were yielded, and
-        :meth:`order_config`; a distributed sampler's ``"rank"`` too. JSON-serialisable."""
+        :meth:`order_config`. JSON-serialisable."""
         return {**self._order_state(upcoming=False), "epoch": int(self.epoch), "start": self._yielded,
-                "config": self.order_config(), **self._rank_state()}
+                "config": self.order_config()}
 
     def next_state(self) -> dict[str, Any]:
         """The state whose loading makes the next iteration start from its beginning as
         this sampler's next iteration would."""
         return {**self._order_state(upcoming=True), "epoch": self.next_epoch(), "start": 0,
-                "config": self.order_config(), **self._rank_state()}
-
-    def _rank_state(self) -> dict[str, Any]:
-        rank = getattr(self, "rank", None)
-        return {"rank": rank} if isinstance(rank, int) else {}
+                "config": self.order_config()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next iteration epoch ``state["epoch"]``, skipping its first ``state["start"]`` items.
@@ -194,6 +191,14 @@ class ResumableSampler:
         start, self._start = self._start, 0
         self._yielded = start
         return self.epoch, start
+
+    def _follow_epoch_of(self, other: Any) -> None:
+        """Take ``other``'s epoch if it changed since this sampler last took it: the sampler
+        Lightning injects, and sets the epoch of, in place of this one's."""
+        linked = getattr(other, "epoch", None)
+        if isinstance(linked, int) and linked != self._linked_epoch:
+            self._linked_epoch = linked
+            self.set_epoch(linked)
 
     def _counted(self, items: Iterable[Any]) -> Iterator[Any]:
         for item in items:
@@ -461,55 +466,100 @@ class DistributedSamplerWrapper(ResumableSampler, tud.DistributedSampler):
 
 
 class DistributedBatchSampler(DistributedSamplerWrapper):
-    """Batches of any sampler, split across ranks batch by batch: every rank draws the
-    wrapped sampler's whole sequence (as :class:`DistributedSamplerWrapper` does), cuts
-    it into batches of ``batch_size``, and rank ``r`` takes batches ``r``,
-    ``r + num_replicas``, ... — the way Accelerate shards a loader.
+    """Batches split across ranks batch by batch, the way Accelerate shards a loader:
+    every rank draws the wrapped sampler's whole sequence (as
+    :class:`DistributedSamplerWrapper` does) and rank ``r`` takes batches ``r``,
+    ``r + num_replicas``, ... The batches are the wrapped sampler's items cut into
+    ``batch_size``; with ``batch_size=None`` the wrapped sampler is a batch sampler and
+    its batches are kept.
 
-    All ranks yield the same number of full batches: the sequence is padded by
-    repeating items from its start to a multiple of ``batch_size * num_replicas``, so
-    at the last step the real samples come first when the ranks' batches are gathered
-    in rank order (what ``accelerator.gather_for_metrics`` relies on to drop the
-    padding). With ``drop_last`` the incomplete last step is dropped instead: no item
-    repeats, up to ``batch_size * num_replicas - 1`` are left out.
+    Every rank yields the same number of batches. The last step is completed with items
+    repeated from the start of the sequence: its short batch filled up to the batch size
+    (a batch sampler's own ``batch_size``), missing batches added (whole batches repeated,
+    for a batch sampler without a batch size). So the ranks' batches of a step have one
+    shape, and gathered in rank order the real samples come first (what
+    ``accelerator.gather_for_metrics`` relies on to drop the padding). With
+    ``drop_last`` the incomplete last step is dropped instead (items cut into batches: up
+    to ``batch_size * num_replicas - 1`` left out, none repeated).
+
+    A wrapped sampler that is distributed already (``DistributedSampler``, as Lightning
+    injects one when it re-creates this batch sampler) is only batched, as torch's
+    ``BatchSampler`` batches (it gives every rank as many items), and its epoch (which
+    Lightning sets) is followed.
     """
 
     def __init__(
         self,
         sampler: tud.Sampler[Any] | Sequence[Any],
-        batch_size: int,
+        batch_size: int | None,
         num_replicas: int | None = None,
         rank: int | None = None,
         *,
         drop_last: bool = False,
         seed: int = 0,
     ) -> None:
-        if type(batch_size) is not int or batch_size < 1:
-            raise ValueError(f"batch_size should be a positive integer, got {batch_size!r}")
-        super().__init__(sampler, num_replicas, rank, drop_last=drop_last, seed=seed)
-        self.batch_size = batch_size
+        if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
+            raise ValueError(f"batch_size should be a positive integer or None, got {batch_size!r}")
+        #: the wrapped sampler is split across ranks already: it is only batched
+        self.presplit = isinstance(sampler, tud.DistributedSampler)
+        if self.presplit and (num_replicas or 1) > 1:
+            raise ValueError(f"DistributedBatchSampler: the {type(sampler).__name__} given is distributed already; "
+                             "it is batched as it is, so give no num_replicas")
+        super().__init__(sampler, *((1, 0) if self.presplit else (num_replicas, rank)), drop_last=drop_last,
+                         seed=seed)
+        #: whether the wrapped sampler yields batches (``batch_size=None``)
+        self.of_batches = batch_size is None
+        own = getattr(sampler, "batch_size", None)
+        self.batch_size = batch_size if batch_size is not None else own if isinstance(own, int) else None
 
     def order_config(self) -> dict[str, Any]:
-        return {**super().order_config(), "batch_size": self.batch_size}
+        return {**super().order_config(), "batch_size": self.batch_size, "of_batches": self.of_batches}
 
     def _per_rank(self, total: int) -> int:
+        if self.of_batches:  # ``total`` batches
+            return total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
+        assert self.batch_size is not None
         step = self.batch_size * self.num_replicas
         return total // step if self.drop_last else math.ceil(total / step)
 
+    def _global_sequence(self, epoch: int) -> list[Any]:
+        if self.presplit:  # its seed and epoch are its own (Lightning sets the epoch)
+            return list(self.sampler)
+        return super()._global_sequence(epoch)
+
     def __iter__(self) -> Iterator[list[Any]]:
+        if self.presplit:
+            self._follow_epoch_of(self.sampler)
         epoch, start = self._begin_epoch()
-        items = self._global_sequence(epoch)
-        steps = self._per_rank(len(items))
-        size = steps * self.batch_size * self.num_replicas
-        if len(items) < size:
-            items = (items * math.ceil(size / max(1, len(items))))[:size]
-        first = [(step * self.num_replicas + self.rank) * self.batch_size for step in range(steps)]
-        mine = [items[at : at + self.batch_size] for at in first]
-        return self._counted(mine[start:])
+        sequence = self._global_sequence(epoch)
+        if self.of_batches:
+            batches = [list(batch) for batch in sequence]
+        else:
+            assert self.batch_size is not None
+            batches = [sequence[at : at + self.batch_size] for at in range(0, len(sequence), self.batch_size)]
+        steps = self._per_rank(len(sequence))
+        batches = self._to_steps(batches, steps * self.num_replicas)
+        return self._counted(batches[self.rank :: self.num_replicas][start:])
+
+    def _to_steps(self, batches: list[list[Any]], count: int) -> list[list[Any]]:
+        """``batches`` cut or completed to ``count`` batches (see the class docstring)."""
+        size = self.batch_size
+        if self.drop_last or self.presplit:  # whole steps of full batches; a split sampler is batched as it is
+            return batches[:count]
+        fill = itertools.cycle([item for batch in batches for item in batch])
+        if size is not None and batches and len(batches[-1]) < size:
+            batches[-1] = batches[-1] + list(itertools.islice(fill, size - len(batches[-1])))
+        originals = len(batches)
+        while len(batches) < count:
+            if size is not None:
+                batches.append(list(itertools.islice(fill, size)))
+            else:
+                batches.append(list(batches[(len(batches) - originals) % originals]))
+        return batches
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
-        return len(self) * self.batch_size
+        return len(self) * (self.batch_size or 1)
 
 
 class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
@@ -547,11 +597,13 @@ class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
             less padding, smaller means more varied batch composition (the order of the
             batches is shuffled either way). On log-normal lengths (median 100, tail to
             2048) with batches of 64: 100 batches' worth pads 8.4%, 256 about 3%.
-        sampler: a distributed sampler (one with ``num_replicas`` and ``rank``, such as
-            the ``DistributedSampler`` Lightning injects): the batches are split across
-            its ranks as above, and each iteration uses its ``epoch`` once it changes
-            (Lightning calls its ``set_epoch``). Its own order is not used: the batches
-            have theirs.
+        sampler: the sampler Lightning injects when it re-creates this one: a
+            distributed one (with ``num_replicas`` and ``rank``, such as
+            ``DistributedSampler``) splits the batches across its ranks as above (with
+            padding: Lightning's unrepeated sampler for prediction gets repeats too), and
+            each iteration takes its ``epoch`` once it changes (Lightning calls its
+            ``set_epoch``); any other (prediction on one device) changes nothing. Its own
+            order is not used: the batches have theirs.
 
     Raises:
         ValueError: for bad sizes, negative lengths, or a sample longer than ``max_tokens``
@@ -605,9 +657,7 @@ class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
             raise ValueError(f"sort_window must be >= 1, got {sort_window}")
         self.sort_window = sort_window
         self.sampler = sampler
-        self.num_replicas, self.rank = (1, 0) if sampler is None else _ranks_of(sampler, type(self).__name__)
-        #: the linked sampler's epoch this sampler last took (NOTE in the class docstring: ``sampler``)
-        self._linked_epoch: int | None = None
+        self.num_replicas, self.rank = _ranks_of(sampler)
         self._cache: tuple[int, list[list[int]]] | None = None
         self._lengths_crc: int | None = None
 
@@ -678,10 +728,8 @@ class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
         return [units[i] for i in permutation]
 
     def __iter__(self) -> Iterator[list[int]]:
-        linked = getattr(self.sampler, "epoch", None)
-        if isinstance(linked, int) and linked != self._linked_epoch:
-            self._linked_epoch = linked
-            self.set_epoch(linked)
+        if self.sampler is not None:
+            self._follow_epoch_of(self.sampler)
         epoch, start = self._begin_epoch()
         mine = [group[self.rank] for group in self._shuffled(self._groups(epoch), epoch)]
         return self._counted(mine[start:])
@@ -735,10 +783,9 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
                              f"sampler of {self.num_replicas} replicas, rank {self.rank}: give one or the other")
 
 
-def _ranks_of(sampler: Any, who: str) -> tuple[int, int]:
-    """``(num_replicas, rank)`` of a distributed sampler handed to ``who``, checked."""
+def _ranks_of(sampler: Any) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a distributed sampler; ``(1, 0)`` for any other (or None)."""
     num_replicas, rank = getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)
     if not isinstance(num_replicas, int) or not isinstance(rank, int):
-        raise TypeError(f"{who}: sampler must be a distributed sampler (with num_replicas and rank, such as "
-                        f"torch's DistributedSampler), got {type(sampler).__name__}")
+        return 1, 0
     return _rank_and_world(num_replicas, rank)

@@ -84,6 +84,24 @@ def test_gather_for_metrics_gives_every_sample_once(ranks):
         assert r["gathered"] == [i for i in range(N) if i != BAD]
 
 
+def test_a_users_batch_sampler_and_no_batching_give_one_shape_a_step_and_gather_exactly(ranks):
+    for r in ranks:
+        assert r["own_batches_gathered"] == list(range(10))
+        assert r["unbatched_shapes"] == [[]] and r["unbatched_gathered"] == list(range(5))
+
+
+def test_a_position_before_prepare_is_refused_with_the_order_that_works(ranks):
+    for r in ranks:
+        assert "positioned inside its epoch" in r["positioned_error"] and "prepare it first" in r["positioned_error"]
+
+
+def test_split_batches_splits_a_batch_size_and_refuses_a_batch_sampler(ranks):
+    for r in ranks:
+        assert r["split_batch_size"] == [2, 2, 2]
+        assert "split_batches=True splits batches of a batch_size" in r["split_error"]
+        assert "this loader has its BatchSampler instead" in r["split_error"]
+
+
 def test_an_iterable_dataset_is_split_across_processes(ranks):
     per_rank = [flat(r["stream_epoch"]) for r in ranks]
     assert len(ranks[0]["stream_epoch"]) == len(ranks[1]["stream_epoch"])
@@ -157,6 +175,24 @@ def test_every_fastload_option_and_torch_argument_survives_prepare(accelerator):
         assert getattr(prepared, name) == value or name == "multiprocessing_context", name
     assert prepared.multiprocessing_context.get_start_method() == "spawn"
     assert prepared.collate_fn is loader.collate_fn
+
+
+def test_a_position_or_epoch_given_before_prepare_is_kept(accelerator):
+    def make():
+        return fastload.DataLoader(tud.TensorDataset(torch.arange(12)), batch_size=2, shuffle=True,
+                                   generator=torch.Generator().manual_seed(1))
+    original = make()
+    iterator = iter(original)
+    next(iterator), next(iterator)
+    state = original.state_dict()
+    rest = [b[0].tolist() for b in iterator]
+    resumed = make()
+    resumed.load_state_dict(state)  # before prepare, as the order of calls may be
+    prepared = accelerator.prepare(resumed)
+    assert [b[0].tolist() for b in prepared] == rest
+    later = make()
+    later.set_epoch(3)
+    assert accelerator.prepare(later).state_dict()["epoch"] == 3
 
 
 def test_a_batch_that_fails_ahead_comes_after_the_batch_before_it(accelerator):

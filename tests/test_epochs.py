@@ -159,6 +159,13 @@ def test_skip_first_batches_keeps_a_loaded_state_at_that_count_and_refuses_anoth
         again.skip_first_batches(3)
 
 
+def test_skip_first_batches_of_an_order_drawn_from_the_global_rng_counts_in_that_order():
+    torch.manual_seed(3)
+    full = values(fastload.DataLoader(Indices(20), batch_size=3, shuffle=True))
+    torch.manual_seed(3)
+    assert values(fastload.DataLoader(Indices(20), batch_size=3, shuffle=True).skip_first_batches(2)) == full[2:]
+
+
 def test_skip_first_batches_beyond_the_epoch_leaves_it_empty():
     loader = distributed()
     assert values(loader.skip_first_batches(100)) == []
@@ -236,3 +243,17 @@ def test_a_batching_change_replaces_the_batching_arguments():
     assert [len(b) for b in fastload.DataLoader(**arguments)] == [5, 5]
     arguments = constructor_arguments(original, sampler=[9, 8, 7, 6, 5])
     assert values(fastload.DataLoader(**arguments)) == [[9, 8, 7, 6]]  # batch_size and drop_last kept
+
+
+def test_a_sampler_change_keeps_batch_size_none():
+    original = fastload.DataLoader(Indices(6), batch_size=None)
+    rebuilt = fastload.DataLoader(**constructor_arguments(original, sampler=[5, 4]))
+    assert [b.tolist() for b in rebuilt] == [[5], [4]] and rebuilt.batch_size is None
+
+
+@pytest.mark.parametrize("batch_size", [2, None])
+def test_an_explicit_collate_fn_is_kept_unless_torch_would_pick_it(batch_size):
+    convert = fastload.DataLoader(Indices(4), batch_size=batch_size, collate_fn=fastload.default_convert)
+    collate = fastload.DataLoader(Indices(4), batch_size=batch_size, collate_fn=fastload.default_collate)
+    assert ("collate_fn" in constructor_arguments(convert)) == (batch_size is not None)
+    assert ("collate_fn" in constructor_arguments(collate)) == (batch_size is None)

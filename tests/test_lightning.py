@@ -12,7 +12,7 @@ from .helpers import run_distributed
 
 pytest.importorskip("pytorch_lightning")
 N, MAX_TOKENS = 101, 200
-KINDS = ["bucket", "distributed_bucket", "wrapper"]
+KINDS = ["bucket", "distributed_bucket", "batch", "wrapper"]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,10 @@ def test_ranks_are_disjoint_cover_everything_and_take_equal_steps(ranks, kind):
         assert len(per_rank[0]) == len(per_rank[1])  # DDP needs as many steps on every rank
         samples = [flat(batches) for batches in per_rank]
         assert set(samples[0]) | set(samples[1]) == set(range(N))
-        # duplicates are padding only: one index (the wrapper), or whole repeated batches (bucketing)
+        # duplicates are padding only: one index (the wrapper, Lightning's sampler), or whole
+        # repeated batches (bucketing)
         repeated = len(samples[0]) + len(samples[1]) - N
-        assert repeated <= (1 if kind == "wrapper" else max(map(len, per_rank[0] + per_rank[1])))
+        assert repeated <= (1 if kind in ("wrapper", "batch") else max(map(len, per_rank[0] + per_rank[1])))
 
 
 @pytest.mark.parametrize("kind", ["bucket", "distributed_bucket"])
@@ -59,6 +60,7 @@ def test_the_samplers_are_kept_not_wrapped_again(ranks):
         assert r["bucket"]["batch_sampler"] == "BucketBatchSampler"
         assert r["distributed_bucket"]["batch_sampler"] == "DistributedBucketBatchSampler"
         assert r["wrapper"]["sampler"] == "DistributedSamplerWrapper"
+        assert r["batch"]["batch_sampler"] == "DistributedBatchSampler"  # re-created over Lightning's sampler
 
 
 @pytest.mark.parametrize("kind", ["resume_injected", "resume_bucket"])

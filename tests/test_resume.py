@@ -348,11 +348,11 @@ def test_the_replay_warning_names_the_sampler_that_keeps_the_order(batched):
     assert resumed == epochs_of(make, 3)
 
 
-def test_a_state_of_another_rank_resumes_in_order_positions_and_refuses_out_of_order_ones():
+@pytest.mark.parametrize("sampler", [fastload.DistributedSampler, torch.utils.data.DistributedSampler])
+def test_a_state_of_another_rank_resumes_in_order_positions_and_refuses_out_of_order_ones(sampler):
     def make(rank):
         dataset = Indices(40)
-        return fastload.DataLoader(dataset, batch_size=4,
-                                   sampler=fastload.DistributedSampler(dataset, num_replicas=2, rank=rank, seed=3))
+        return fastload.DataLoader(dataset, batch_size=4, sampler=sampler(dataset, num_replicas=2, rank=rank, seed=3))
     loader = make(0)
     it = iter(loader)
     next(it), next(it)

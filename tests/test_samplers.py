@@ -179,9 +179,14 @@ def test_a_bucket_sampler_given_a_distributed_sampler_splits_as_the_distributed_
         assert list(given) == list(twin) and given.epoch == 5
 
 
-def test_a_bucket_sampler_needs_a_distributed_sampler_and_its_lengths_first():
-    with pytest.raises(TypeError, match="sampler must be a distributed sampler"):
-        fastload.BucketBatchSampler(LENGTHS, 16, sampler=tud.SequentialSampler(range(1000)))
+def test_a_bucket_sampler_given_another_sampler_stays_whole():
+    # Lightning re-creates batch samplers for prediction on one device too, with a SequentialSampler
+    given = fastload.BucketBatchSampler(LENGTHS, 16, seed=4, sampler=tud.SequentialSampler(range(1000)))
+    assert (given.num_replicas, given.rank) == (1, 0)
+    assert list(given) == list(fastload.BucketBatchSampler(LENGTHS, 16, seed=4))
+
+
+def test_a_bucket_sampler_needs_its_lengths_first():
     with pytest.raises(TypeError, match="BucketBatchSampler got a DistributedSampler where the sample lengths go"):
         fastload.BucketBatchSampler(tud.DistributedSampler(range(10), num_replicas=2, rank=0), batch_size=4,
                                     drop_last=False)
@@ -216,6 +221,36 @@ def test_distributed_batch_sampler_gives_full_batches_real_samples_first_at_the_
     assert len(fastload.DistributedBatchSampler(range(n), size, world, 0)) == steps
 
 
+@pytest.mark.parametrize("n", [45, 48, 3])
+def test_a_distributed_batch_sampler_of_a_batch_sampler_keeps_its_batches_and_completes_the_last_step(n):
+    world = 2
+    batches = tud.BatchSampler(range(n), 4, drop_last=False)
+    parts = [list(fastload.DistributedBatchSampler(batches, None, world, r)) for r in range(world)]
+    assert len(parts[0]) == len(parts[1]) == len(fastload.DistributedBatchSampler(batches, None, world, 0))
+    assert all(len(b) == 4 for p in parts for b in p)  # one shape for every rank's batch of a step
+    gathered = [i for step in range(len(parts[0])) for p in parts for i in p[step]]
+    assert gathered[:n] == list(range(n))  # the real samples first
+    assert n < 8 or (parts[0][0], parts[1][0]) == ([0, 1, 2, 3], [4, 5, 6, 7])  # its batches, dealt in turn
+
+
+def test_a_distributed_batch_sampler_of_batches_without_a_size_repeats_whole_batches():
+    batches = [[0, 1, 2], [3], [4, 5]]
+    parts = [list(fastload.DistributedBatchSampler(batches, None, 2, r)) for r in (0, 1)]
+    assert parts == [[[0, 1, 2], [4, 5]], [[3], [0, 1, 2]]]
+
+
+def test_a_distributed_batch_sampler_over_a_distributed_sampler_only_batches_it():
+    # What Lightning makes of one when it injects its DistributedSampler: no second split
+    injected = tud.DistributedSampler(range(20), num_replicas=2, rank=1, shuffle=False)
+    sampler = fastload.DistributedBatchSampler(injected, 4, drop_last=False)
+    assert sampler.presplit and list(sampler) == [[1, 3, 5, 7], [9, 11, 13, 15], [17, 19]] and len(sampler) == 3
+    injected.set_epoch(3)  # Lightning sets the injected sampler's epoch
+    list(sampler)
+    assert sampler.epoch == 3
+    with pytest.raises(ValueError, match="distributed already; it is batched as it is"):
+        fastload.DistributedBatchSampler(injected, 4, num_replicas=2, rank=0)
+
+
 def test_distributed_batch_sampler_drop_last_repeats_nothing():
     parts = [list(fastload.DistributedBatchSampler(range(45), 4, 2, r, drop_last=True)) for r in (0, 1)]
     seen = [i for p in parts for b in p for i in b]
@@ -244,12 +279,12 @@ def test_distributed_batch_sampler_orders_a_random_sampler_by_seed_and_epoch_and
         fastload.DistributedBatchSampler(tud.RandomSampler(range(30)), 5, 2, 0).load_state_dict(sampler.state_dict())
 
 
-def test_a_distributed_samplers_state_names_its_rank_and_loads_on_another():
+def test_a_distributed_samplers_state_loads_on_another_rank():
     sampler = fastload.DistributedSampler(range(30), num_replicas=2, rank=0, seed=1)
     it = iter(sampler)
     next(it)
     state = sampler.state_dict()
-    assert state["rank"] == 0
+    assert "rank" not in state["config"]
     other = fastload.DistributedSampler(range(30), num_replicas=2, rank=1, seed=1)
     other.load_state_dict(state)  # Lightning restores rank 0's loader state on every rank
     assert list(other) == list(fastload.DistributedSampler(range(30), num_replicas=2, rank=1, seed=1))[1:]

@@ -99,17 +99,21 @@ class AcceleratedDataLoader(DataLoader[Any]):
         """Real samples in the last step over all processes (``gather_for_metrics`` keeps
         those), 0 when the steps are full, -1 when unknown (Accelerate's convention)."""
         batch_sampler = self.batch_sampler
-        dataset = self.dataset
+        dataset, sampler = self.dataset, self.sampler
         try:
             if isinstance(dataset, DistributedIterableDataset):  # exact in one stream only
                 step = dataset.batch_size * dataset.num_replicas
                 return -1 if self.num_workers > 1 or dataset.drop_last else len(dataset.dataset) % step  # type: ignore[arg-type]
-            if isinstance(batch_sampler, DistributedBatchSampler):
+            if isinstance(batch_sampler, DistributedBatchSampler) and batch_sampler.batch_size is not None:
                 step = batch_sampler.batch_size * batch_sampler.num_replicas
-                return 0 if batch_sampler.drop_last else len(batch_sampler.sampler) % step  # type: ignore[arg-type]
+                # the items: the wrapped sampler's, or those of the wrapped batch sampler's sampler
+                items = batch_sampler.sampler.sampler if batch_sampler.of_batches else batch_sampler.sampler  # type: ignore[union-attr]
+                return 0 if batch_sampler.drop_last else len(items) % step
+            if isinstance(sampler, DistributedSamplerWrapper) and self.batch_size is None:  # a sample a step
+                return 0 if sampler.drop_last else len(sampler.sampler) % sampler.num_replicas  # type: ignore[arg-type]
             if self.num_processes == 1 and self.batch_size is not None:
-                return 0 if self.drop_last else len(self.sampler) % self.batch_size  # type: ignore[arg-type]
-        except TypeError:  # a sampler without len()
+                return 0 if self.drop_last else len(sampler) % self.batch_size  # type: ignore[arg-type]
+        except (TypeError, AttributeError):  # a sampler without len(), a batch sampler without a sampler
             pass
         return -1
 
@@ -202,9 +206,10 @@ class _Preparation:
         self._prepare_data_loader = accelerator.prepare_data_loader
         self._skip_first_batches = accelerator.skip_first_batches
         #: while set, torch DataLoaders prepared by this accelerator become fastload ones, with
-        #: the fastload arguments it gives for each (None: they stay torch's); the Trainer
-        #: integration sets it while the Trainer makes its loaders
-        self.convert: Callable[[tud.DataLoader[Any]], dict[str, Any]] | None = None
+        #: the fastload arguments it gives for each and whether to split them across the
+        #: processes (None: they stay torch's); the Trainer integration sets it while the
+        #: Trainer makes its loaders
+        self.convert: Callable[[tud.DataLoader[Any]], tuple[dict[str, Any], bool]] | None = None
         accelerator.prepare_data_loader = self.prepare_data_loader
         accelerator.skip_first_batches = self.skip_first_batches
         accelerator.register_save_state_pre_hook(self.save_states)
@@ -216,14 +221,17 @@ class _Preparation:
             if isinstance(data_loader, DataLoader):
                 data_loader = self.prepared(data_loader, {}, device_placement)
             elif self.convert is not None and type(data_loader) is tud.DataLoader:
-                data_loader = self.prepared(data_loader, self.convert(data_loader), device_placement)
+                options, split = self.convert(data_loader)
+                data_loader = self.prepared(data_loader, options, device_placement, split)
         return self._prepare_data_loader(data_loader, device_placement=device_placement,
                                          slice_fn_for_dispatch=slice_fn_for_dispatch)
 
-    def prepared(self, loader: tud.DataLoader[Any], options: dict[str, Any],
-                 device_placement: bool | None) -> AcceleratedDataLoader:
+    def prepared(self, loader: tud.DataLoader[Any], options: dict[str, Any], device_placement: bool | None,
+                 split: bool = True) -> AcceleratedDataLoader:
         """``loader`` re-created as an :class:`AcceleratedDataLoader`: ``options`` applied,
-        sharded, on the accelerator's device."""
+        split across the processes (unless ``split`` is False: the loader reads its own
+        process's part already), on the accelerator's device, at the epoch and position
+        it was at."""
         accelerator = self._accelerator
         if type(loader) not in (DataLoader, tud.DataLoader):
             raise TypeError(f"use_fastload: {type(loader).__name__} subclasses fastload.DataLoader, and preparing "
@@ -234,10 +242,13 @@ class _Preparation:
             device_placement = accelerator.device_placement
         if device_placement and arguments.get("device") is None:
             arguments["device"] = accelerator.device
-        sharding = self._sharding(loader, arguments)
+        sharding = self._sharding(loader, arguments) if split else {}
         if sharding:  # replaces the batching arguments as a whole
             arguments = constructor_arguments(loader, **{**options, "device": arguments.get("device"), **sharding})
-        return AcceleratedDataLoader(**arguments, num_processes=accelerator.num_processes)
+        prepared = AcceleratedDataLoader(**arguments, num_processes=accelerator.num_processes)
+        if isinstance(loader, DataLoader):
+            _carry_position(loader, prepared, split_now=bool(sharding))
+        return prepared
 
     def _sharding(self, loader: tud.DataLoader[Any], arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments that split ``loader`` across the accelerator's processes."""
@@ -255,7 +266,7 @@ class _Preparation:
         if isinstance(loader.dataset, tud.IterableDataset):
             if isinstance(loader.dataset, DistributedIterableDataset) or not self._split_iterable_datasets:
                 return {}
-            batch_size = self._per_process(arguments["batch_size"] or 1)
+            batch_size = self._per_process(arguments["batch_size"], "batch_size=None")
             return {"dataset": DistributedIterableDataset(loader.dataset, batch_size, world, rank,
                                                           drop_last=arguments["drop_last"]),
                     "batch_size": arguments["batch_size"] and batch_size, "drop_last": arguments["drop_last"]}
@@ -263,23 +274,29 @@ class _Preparation:
         if batch_sampler is not None:  # the user's own batches
             if isinstance(batch_sampler, tud.DistributedSampler) or getattr(batch_sampler, "num_replicas", 1) > 1:
                 return {}
+            self._per_process(None, f"its {type(batch_sampler).__name__}")
             if callable(getattr(batch_sampler, "distributed", None)):  # fastload's bucketing
                 return {"batch_sampler": batch_sampler.distributed(world, rank)}
-            return {"batch_sampler": DistributedSamplerWrapper(batch_sampler, world, rank, seed=self._seed(loader))}
+            return {"batch_sampler": DistributedBatchSampler(batch_sampler, None, world, rank, seed=self._seed(loader))}
         sampler = arguments["sampler"]
         if isinstance(sampler, tud.DistributedSampler):
             return {}
         batch_size = arguments["batch_size"]
         if batch_size is None:
+            self._per_process(None, "batch_size=None")
             return {"sampler": DistributedSamplerWrapper(sampler, world, rank, seed=self._seed(loader))}
         return {"batch_sampler": DistributedBatchSampler(sampler, self._per_process(batch_size), world, rank,
                                                          drop_last=arguments["drop_last"], seed=self._seed(loader))}
 
-    def _per_process(self, batch_size: int) -> int:
-        """A process's batch size: all of it, or with ``split_batches`` its part."""
+    def _per_process(self, batch_size: int | None, batching: str = "") -> int:
+        """A process's batch size: all of it, or with ``split_batches`` its part (which
+        needs a ``batch_size``: ``batching`` says what the loader has instead)."""
         world = self._accelerator.num_processes
         if not self._accelerator.dataloader_config.split_batches:
-            return batch_size
+            return batch_size or 1
+        if batch_size is None:
+            raise ValueError(f"use_fastload: split_batches=True splits batches of a batch_size across the processes, "
+                             f"and this loader has {batching} instead: give it a batch_size, or split_batches=False")
         if batch_size % world:
             raise ValueError(f"use_fastload: with split_batches=True the batch size ({batch_size}) must be a "
                              f"multiple of the number of processes ({world})")
@@ -316,6 +333,27 @@ class _Preparation:
             if not load_loader_state(loader, path, f"use_fastload: prepared loader {index}"):
                 warnings.warn(f"use_fastload: {path} is missing (a checkpoint saved without fastload's integration?): "
                               f"loader {index} starts its next epoch from the beginning", stacklevel=4)
+
+
+def _carry_position(loader: DataLoader[Any], prepared: DataLoader[Any], split_now: bool) -> None:
+    """Give ``prepared`` the epoch and position ``loader`` was at (a loaded state, a skip,
+    ``set_epoch``, epochs iterated). A position cannot cross a split that changes the
+    order: refused, naming the order of calls that works."""
+    state = loader.state_dict()
+    settled = state["settled"]
+    started = bool(state["batches"] or settled.get("prefix") or settled.get("beyond")
+                   or any(settled.get("stream_items") or ()) or loader._skip_batches)
+    if split_now:
+        if started:
+            raise ValueError("use_fastload: the loader is positioned inside its epoch (a loaded state, or "
+                             "skip_first_batches) before being prepared, and preparing splits it across "
+                             f"{prepared.num_processes} processes, which changes its order: prepare it first, then "
+                             "load its state (accelerator.load_state, or load_state_dict on the prepared loader)")
+        if state["epoch"]:
+            prepared.set_epoch(state["epoch"])
+    elif started or state["epoch"]:
+        prepared.load_state_dict(state)
+        prepared._skip_batches = loader._skip_batches
 
 
 def save_loader_state(loader: DataLoader[Any], path: str) -> None:

@@ -20,7 +20,9 @@ by rank and registered with Accelerate's gradient state as the Trainer expects.
 * Order: the training loader's order comes from ``(seed, epoch)``: the Trainer's sampler
   is wrapped in a :class:`fastload.DistributedSamplerWrapper` seeded with ``data_seed``
   (else ``seed``), or ``train_batch_sampler`` (a bucketing batch sampler, split across
-  ranks) replaces it. The Trainer sets the epoch (``set_epoch``) every epoch.
+  ranks) replaces it; the Trainer's own batch sampler (``train_sampling_strategy=
+  "batch_rebalance"``), which serves its own process's part, is kept as it is. The
+  Trainer sets the epoch (``set_epoch``) every epoch.
 * Resume: every checkpoint holds each process's training-loader state
   (``fastload_train_loader_rank{r}.json``, beside the Trainer's RNG states).
   ``train(resume_from_checkpoint=...)`` loads it into the new training loader, and the
@@ -115,7 +117,7 @@ class FastloadTrainerMixin:
             return super().get_test_dataloader(*args, **kwargs)  # type: ignore[misc]
 
     @contextmanager
-    def _converting(self, arguments: Callable[[tud.DataLoader[Any]], dict[str, Any]]) -> Iterator[None]:
+    def _converting(self, arguments: Callable[[tud.DataLoader[Any]], tuple[dict[str, Any], bool]]) -> Iterator[None]:
         """While the Trainer makes a loader, its accelerator turns torch loaders into fastload ones."""
         preparation = self.accelerator._fastload  # type: ignore[attr-defined]
         preparation.convert = arguments
@@ -124,20 +126,25 @@ class FastloadTrainerMixin:
         finally:
             preparation.convert = None
 
-    def _arguments(self, loader: tud.DataLoader[Any]) -> dict[str, Any]:
-        return dict(self.fastload_options)
+    def _arguments(self, loader: tud.DataLoader[Any]) -> tuple[dict[str, Any], bool]:
+        """The fastload arguments of a loader the Trainer made, and whether to split it across processes."""
+        return dict(self.fastload_options), True
 
-    def _train_arguments(self, loader: tud.DataLoader[Any]) -> dict[str, Any]:
-        arguments = self._arguments(loader)
+    def _train_arguments(self, loader: tud.DataLoader[Any]) -> tuple[dict[str, Any], bool]:
+        arguments, _ = self._arguments(loader)
         if self.train_batch_sampler is not None:
             arguments["batch_sampler"] = self.train_batch_sampler
-        elif loader.batch_size is not None and not isinstance(loader.dataset, tud.IterableDataset):
+        elif loader.batch_size is None and loader.batch_sampler is not None:
+            # The Trainer's own batch sampler (train_sampling_strategy="batch_rebalance") serves
+            # its own process's part already, as the Trainer makes it.
+            return arguments, False
+        elif not isinstance(loader.dataset, tud.IterableDataset):
             args = self.args  # type: ignore[attr-defined]
             seed = args.data_seed if args.data_seed is not None else args.seed
             accelerator = self.accelerator  # type: ignore[attr-defined]
             arguments["sampler"] = DistributedSamplerWrapper(loader.sampler, accelerator.num_processes,
                                                              accelerator.process_index, seed=seed)
-        return arguments
+        return arguments, True
 
     def _load_train_state(self, loader: DataLoader[Any], checkpoint: str) -> None:
         rank = self.accelerator.process_index  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.utils.data as tud
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 
 import fastload
 from fastload.integrations.accelerate import AcceleratedDataLoader, use_fastload
@@ -105,6 +105,31 @@ def main() -> None:
     for batch in evaluation:
         gathered += accelerator.gather_for_metrics(batch["index"]).tolist()
     record["gathered"] = gathered
+
+    # A batch sampler of the user's, and batch_size=None: one shape a step, gathered exactly.
+    numbers = tud.TensorDataset(torch.arange(10))
+    own_batches = accelerator.prepare(fastload.DataLoader(numbers, batch_sampler=tud.BatchSampler(
+        tud.SequentialSampler(numbers), 3, drop_last=False)))
+    record["own_batches_gathered"] = [i for (batch,) in own_batches
+                                      for i in accelerator.gather_for_metrics(batch).tolist()]
+    unbatched = accelerator.prepare(fastload.DataLoader(tud.TensorDataset(torch.arange(5)), batch_size=None))
+    record["unbatched_shapes"] = sorted({tuple(sample.shape) for (sample,) in unbatched})
+    record["unbatched_gathered"] = [i for (sample,) in unbatched
+                                    for i in accelerator.gather_for_metrics(sample.unsqueeze(0)).tolist()]
+    # A position or epoch given before prepare() cannot cross the split; the error says the order that works.
+    positioned = train_loader()
+    positioned.skip_first_batches(2)
+    try:
+        accelerator.prepare(positioned)
+    except ValueError as exc:
+        record["positioned_error"] = str(exc)
+    split = use_fastload(Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True)))
+    try:
+        split.prepare(fastload.DataLoader(numbers, batch_sampler=tud.BatchSampler(range(10), 4, drop_last=False)))
+    except ValueError as exc:
+        record["split_error"] = str(exc)
+    split_loader = split.prepare(fastload.DataLoader(numbers, batch_size=4))
+    record["split_batch_size"] = [len(batch) for (batch,) in split_loader]
 
     # An IterableDataset: split batch by batch, and resumed from save_state/load_state.
     def stream_loader(stream_accelerator):

@@ -64,6 +64,9 @@ def loader_in_hook(kind: str) -> fastload.DataLoader:
     if kind == "distributed_bucket":
         return fastload.DataLoader(Indices(), batch_sampler=fastload.DistributedBucketBatchSampler(
             LENGTHS, max_tokens=MAX_TOKENS, seed=5, sort_window=40), num_workers=2)
+    if kind == "batch":
+        return fastload.DataLoader(Indices(), num_workers=2, batch_sampler=fastload.DistributedBatchSampler(
+            tud.RandomSampler(Indices()), 4, seed=2))
     if kind == "wrapper":
         weighted = tud.WeightedRandomSampler([float(i % 7 + 1) for i in range(N)], N, replacement=False)
         return fastload.DataLoader(Indices(), batch_size=4, num_workers=2,
@@ -74,7 +77,7 @@ def loader_in_hook(kind: str) -> fastload.DataLoader:
 def main() -> None:
     out = sys.argv[1]
     record: dict = {"lengths": LENGTHS}
-    for kind in ("bucket", "distributed_bucket", "wrapper"):
+    for kind in ("bucket", "distributed_bucket", "batch", "wrapper"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = Recorder(lambda kind=kind: loader_in_hook(kind))

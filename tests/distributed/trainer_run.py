@@ -6,7 +6,8 @@ Each process records the samples of every training batch its model saw into
 Scenarios: ``uninterrupted`` (two epochs), ``interrupted`` (stops after step 7; checkpoints
 at steps 3 and 6), ``resumed`` (from checkpoint 6), ``counted`` (from checkpoint 6 without
 fastload's loader state: the Trainer's count of batches). ``BUCKET=1`` trains on
-length-bucketed batches. ``OUT_OF_ORDER=1``: ``dataloader_in_order=False`` and the first
+length-bucketed batches; ``REBALANCE=1`` with the Trainer's own batch sampler
+(``train_sampling_strategy="batch_rebalance"``). ``OUT_OF_ORDER=1``: ``dataloader_in_order=False`` and the first
 sample worker 0 loads takes a second, so the first batch comes after later ones (its
 checkpoints are at steps 3 and 6 as well).
 """
@@ -29,7 +30,8 @@ from fastload.integrations.transformers import FastloadTrainer
 N, BAD, VOCAB = 40, 13, 64
 BUCKET = os.environ.get("BUCKET") == "1"
 OUT_OF_ORDER = os.environ.get("OUT_OF_ORDER") == "1"
-KIND = "bucket" if BUCKET else "out_of_order" if OUT_OF_ORDER else "plain"
+REBALANCE = os.environ.get("REBALANCE") == "1"
+KIND = "bucket" if BUCKET else "out_of_order" if OUT_OF_ORDER else "rebalance" if REBALANCE else "plain"
 
 
 class Sequences(tud.Dataset):
@@ -42,11 +44,13 @@ class Sequences(tud.Dataset):
         self.loaded = False
 
     def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < N:  # the end of iteration by index, as batch_rebalance iterates the dataset
+            raise IndexError(i)
         info = tud.get_worker_info()
         if OUT_OF_ORDER and not self.loaded and info is not None and info.id == 0:
             time.sleep(1.0)
         self.loaded = True
-        if i == BAD:
+        if i == BAD and not REBALANCE:  # batch_rebalance reads every sample's length first
             raise ValueError(f"sample {i} is corrupt")
         tokens = [i] + [(i * 7 + k) % VOCAB for k in range(1 + i % 5)]
         return {"input_ids": tokens, "labels": tokens}
@@ -70,7 +74,8 @@ def run(scenario: str, out: str) -> None:
     args = transformers.TrainingArguments(
         output_dir=folder, per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=2,
         save_strategy="steps", save_steps=3, logging_steps=100, report_to=[], seed=5, dataloader_num_workers=2,
-        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_in_order=not OUT_OF_ORDER)
+        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_in_order=not OUT_OF_ORDER,
+        train_sampling_strategy="batch_rebalance" if REBALANCE else "random")
     lengths = [1 + i % 5 + 1 for i in range(N)]
     trainer = FastloadTrainer(
         model=model, args=args, train_dataset=Sequences(), eval_dataset=tud.Subset(Sequences(), range(0, 12)),
