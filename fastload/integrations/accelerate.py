@@ -19,9 +19,12 @@ only; other loaders go to Accelerate as before): a fastload loader is re-created
   ``process_index`` and ``num_processes`` as Accelerate splits one: batch by batch
   (:class:`fastload.DistributedBatchSampler`: rank ``r`` takes batches ``r``, ``r + W``,
   ...; every rank gets the same number of full batches, padded from the start, or the
-  incomplete last step dropped with ``drop_last``). A batch sampler of the user's is
-  split by batches (a bucketing one becomes its distributed twin); a sampler or batch
-  sampler that is distributed already is kept. The order comes from ``(seed, epoch)``,
+  incomplete last step dropped with ``drop_last``). A batch sampler of the user's keeps
+  its batches, dealt the same way (a bucketing one becomes its distributed twin); a
+  sampler or batch sampler that is distributed already is kept. ``split_batches`` splits
+  a ``batch_size`` (a loader with a batch sampler instead is refused). A position or
+  epoch the loader was given before ``prepare`` is kept; a position cannot cross the
+  split (refused: prepare first, then load). The order comes from ``(seed, epoch)``,
   the seed being the accelerator's ``data_seed``, else the loader's generator's initial
   seed, else torch's, as rank 0 has it (broadcast once).
 * Device: batches come on ``accelerator.device`` by fastload's own device prefetch,
