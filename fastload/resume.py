@@ -50,6 +50,12 @@ configuration), a change between the units above, and for an ``IterableDataset``
 another number of worker streams (each worker yields its own shard). A state that is
 not well formed is refused likewise, and nothing changes unless it all loads.
 
+``skip_first_batches(n)`` makes a point from a count instead (:func:`point_after_batches`:
+``n`` batches of ``batch_size`` positions, or of one task), for a run resumed from a
+count of steps; an ``IterableDataset``'s ``n`` batches are read and dropped. A loaded
+point belongs to its epoch (``set_epoch`` to another drops it); a counted one applies to
+whichever epoch comes next.
+
 A batch lost between the loader's iterator and the user (``batch_transform``, pinning or
 the device copy raised for it, and the user carried on) is not settled: a resumed loader
 delivers it.

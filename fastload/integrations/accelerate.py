@@ -32,7 +32,7 @@ only; other loaders go to Accelerate as before): a fastload loader is re-created
 * Epochs: each ``iter()`` sets the epoch of the loader and its sampler to the loader's
   own count (or what ``set_epoch`` said), as Accelerate's loaders do.
 * Gradient state: while an epoch runs, the loader is registered with Accelerate's
-  ``GradientState``; the batch before the end is known one batch ahead (a first in,
+  ``GradientState``; its last batch is known one batch ahead (a first in,
   first out stage, so resume states stay exact: NOTE [ Resume ]), which is what
   ``accelerator.accumulate`` and ``gather_for_metrics`` (with ``remainder``) use.
 * Checkpoints: ``save_state`` writes each prepared fastload loader's ``state_dict()`` to
