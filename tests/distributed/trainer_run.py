@@ -20,7 +20,6 @@ import sys
 import time
 import warnings
 
-import torch
 import torch.utils.data as tud
 import transformers
 
