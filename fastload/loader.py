@@ -18,10 +18,10 @@ import torch.utils.data
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from .collate import default_convert, is_default_collate
-from .loader_iter import EpochIterator, InProcessIterator, LoaderIterator, MappedIterator, PoolIterator, PoolLease
+from .loader_iter import EpochIterator, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
-from .prefetch import transfer_stage
+from .prefetch import MappedIterator, transfer_stage
 from .resume import (
     STATE_FORMAT,
     Batching,

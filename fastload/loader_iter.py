@@ -93,23 +93,6 @@ class EpochIterator:
         return batch
 
 
-class MappedIterator:
-    """``map(fn, source)`` that keeps ``len()``: the loader's ``batch_transform``, pinning."""
-
-    def __init__(self, source: Iterator[Any], fn: Callable[[Any], Any]) -> None:
-        self._source = source
-        self._fn = fn
-
-    def __iter__(self) -> MappedIterator:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._source)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        return self._fn(next(self._source))
-
-
 class LoaderIterator:
     """Common part: tasks, progress, sample seed, length and the IterableDataset length check.
 

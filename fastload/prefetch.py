@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
-from .loader_iter import MappedIterator
+from .device import cuda_usable
 from .telemetry import EpochTelemetry
 
 
@@ -55,8 +55,22 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     return data
 
 
-def cuda_usable() -> bool:
-    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+class MappedIterator:
+    """``map(fn, source)`` that keeps ``len()``: a stage after the loader's iterator (the
+    loader's ``batch_transform``, pinning)."""
+
+    def __init__(self, source: Iterator[Any], fn: Callable[[Any], Any]) -> None:
+        self._source = source
+        self._fn = fn
+
+    def __iter__(self) -> MappedIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        return self._fn(next(self._source))
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import torch
 import fastload
 from fastload.bench.images import make_image_folder
 from fastload.image import EncodedCrop, ImageFolder, RandomResizedCropDecode
-from fastload.prefetch import cuda_usable
+from fastload.device import cuda_usable
 
 
 @pytest.fixture(scope="module")

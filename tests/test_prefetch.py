@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fastload
-from fastload.prefetch import cuda_usable, map_tensors
+from fastload.device import cuda_usable
+from fastload.prefetch import map_tensors
 
 from .datasets import Mixed, Squares
 from .helpers import assert_same

@@ -3,12 +3,12 @@ this interpreter has Pillow-SIMD: same machine, same run, interleaved with the o
 
 Protocol (one JSON object per line): the parent writes the loader spec, the child answers
 ``{"ready": ..., "pillow": ...}``; then each ``{"run": N}`` is answered with
-``{"count": n, "seconds": s}``; EOF ends the child.
+``{"count": n, "seconds": s}``; EOF ends the child. This module is the parent's side, and
+``remote_child.py`` the child's (it builds the loader from ``scenarios``, which uses this).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -23,7 +23,7 @@ class RemoteContender:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "fastload.bench.remote"], env=env, text=True,
+            [sys.executable, "-m", "fastload.bench.remote_child"], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self._send({"factory": factory, "kwargs": kwargs})
@@ -54,24 +54,3 @@ class RemoteContender:
         except subprocess.TimeoutExpired:
             self._child.kill()
             self._child.wait()
-
-
-def main() -> None:
-    from fastload.image import pillow_flavour
-
-    from .scenarios import LOADERS, time_run
-
-    spec = json.loads(sys.stdin.readline())
-    loader = LOADERS[spec["factory"]](**spec["kwargs"])
-    print(json.dumps({"ready": True, "pillow": pillow_flavour()}), flush=True)
-    for line in sys.stdin:
-        count, seconds = time_run(loader, json.loads(line)["run"])
-        print(json.dumps({"count": count, "seconds": seconds}), flush=True)
-    # Stop persistent workers now, while the interpreter is whole: torch skips its worker
-    # shutdown once interpreter exit has begun, and the exit then waits on the workers.
-    del loader
-    gc.collect()
-
-
-if __name__ == "__main__":
-    main()

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..device import cuda_usable
+
 LAST_BATCH_POLICIES = ("partial", "drop", "fill")
 
 
@@ -120,7 +122,7 @@ class DaliImageLoader:
     def _choose_device(self, device: str) -> str:
         if device == "cpu":
             return "cpu"
-        if _gpu_count() > 0:
+        if cuda_usable() and _gpu_count() > 0:  # torch takes the pipeline's CUDA outputs
             return "gpu"
         if device in ("gpu", "cuda"):
             raise RuntimeError("DaliImageLoader(device='gpu'): DALI sees no CUDA device")

@@ -40,7 +40,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..collate import Deferred
 from ..extension import extension
-from ..prefetch import cuda_usable
+from ..device import cuda_usable
 from . import decoders
 
 
