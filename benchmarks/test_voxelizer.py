@@ -16,17 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from fastload.lidar import Voxelizer
+from fastload.lidar import VOXELIZER_PRESETS, Voxelizer
 from fastload.lidar.synthetic import make_scan
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tests import voxel_reference  # noqa: E402
 
-CONFIGS = {
-    "pointpillars_kitti": ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000),
-    "second_kitti": ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000),
-    "centerpoint_nuscenes": ([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3], 10, 120000),
-}
+CONFIGS = VOXELIZER_PRESETS
 SCAN = make_scan(0)
 
 

@@ -46,7 +46,7 @@ def seed_sample_rngs(seed: int) -> None:
     np.random.seed(seed & 0xFFFFFFFF)
 
 
-class EndOfData(Exception):
+class StreamExhausted(Exception):
     """Internal: an iterable dataset has no (complete) batch left for this task."""
 
 
@@ -241,12 +241,12 @@ class SampleFetcher:
         if self._iterator is None:
             raise RuntimeError("SampleFetcher.start_epoch() must be called before fetch()")
         if self._ended:
-            raise EndOfData
+            raise StreamExhausted
         if not self.auto_collation:
             try:
                 return self._draw()
             except StopIteration:
-                raise EndOfData from None
+                raise StreamExhausted from None
             except _Failed:
                 raise SkippedTask from None
         samples = []
@@ -259,7 +259,7 @@ class SampleFetcher:
                 if self._ended:
                     break
         if self._ended and (not samples or self.drop_last and len(samples) < len(task)):
-            raise EndOfData
+            raise StreamExhausted
         if not samples:  # every item failed, and the stream goes on
             raise SkippedTask
         return samples

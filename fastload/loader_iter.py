@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from .fetch import EndOfData, SampleFetcher, SkippedTask
+from .fetch import SampleFetcher, SkippedTask, StreamExhausted
 from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
 from .resume import EpochProgress, Positions, ResumePoint
@@ -180,7 +180,7 @@ class InProcessIterator(LoaderIterator):
             previous = collect_into(reported) if self._telemetry is not None else None
             try:
                 samples = self._fetcher.fetch(task)
-            except EndOfData:
+            except StreamExhausted:
                 self._errors.record(self._fetcher.take_failures())
                 raise StopIteration from None
             except SkippedTask:
@@ -208,9 +208,18 @@ class InProcessIterator(LoaderIterator):
 class PoolIterator(LoaderIterator):
     """``num_workers>0``: tasks go to a :class:`WorkerPool`; answers come back in order.
 
-    Up to ``prefetch_factor * num_workers`` tasks are outstanding. With ``in_order``
-    tasks go round-robin to the active workers and answers are yielded in task order;
-    without it, to the least loaded worker, and answers are yielded as they arrive.
+    NOTE [ Dispatch order ]
+
+    At most ``prefetch_factor * num_workers`` tasks are outstanding (fewer when their
+    batches would not fit in half the available memory). With ``in_order`` (torch's
+    default) task ``k`` goes to the ``k``-th active worker in turn, as torch's loader deals
+    them, and answers are yielded in task order (an early answer waits in ``_answers``):
+    the batches of an epoch come out in the sampler's order whatever the workers' speed.
+    A worker whose iterable stream has ended is retired for the epoch and skipped; a
+    resumed epoch begins with the worker whose turn was next (NOTE [ Resume ]). Without
+    ``in_order`` each task goes to the least loaded worker and answers are yielded as they
+    arrive, which the state records (NOTE [ Resume ]: positions beyond the prefix).
+
     A pool that fails (dead worker, timeout, interrupt) is shut down before the error
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import fastload
-from fastload.lidar import PointCloudError, Voxelizer
+from fastload.lidar import VOXELIZER_PRESETS, PointCloudError, Voxelizer
 from fastload.lidar.dataset import LidarDataset, RandomFlip, RandomRotation, RandomScaling, RangeCrop, ShufflePoints
 from fastload.lidar.synthetic import make_scan
 
-PILLARS = ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000)
+PILLARS = VOXELIZER_PRESETS["pointpillars_kitti"]
 
 
 @pytest.fixture(scope="module")

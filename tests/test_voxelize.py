@@ -13,16 +13,12 @@ import pytest
 import torch
 
 import fastload
-from fastload.lidar import Voxelizer, dynamic_voxelize, hard_voxelize
+from fastload.lidar import VOXELIZER_PRESETS, Voxelizer, dynamic_voxelize, hard_voxelize
 from fastload.lidar.synthetic import make_scan
 
 from . import voxel_reference as ref
 
-CONFIGS = {  # voxel_size, point_cloud_range, max_points_per_voxel, max_voxels
-    "pointpillars_kitti": ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000),
-    "second_kitti": ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000),
-    "centerpoint_nuscenes": ([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3], 10, 120000),
-}
+CONFIGS = VOXELIZER_PRESETS  # voxel_size, point_cloud_range, max_points_per_voxel, max_voxels
 
 
 @pytest.fixture(scope="module")

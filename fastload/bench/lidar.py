@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastload.lidar import Voxelizer
+from fastload.lidar import VOXELIZER_PRESETS, Voxelizer
 
-#: name: (voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)
-CONFIGS: dict[str, tuple[list[float], list[float], int, int]] = {
-    "PointPillars (KITTI)": ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000),
-    "SECOND (KITTI)": ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000),
-    "CenterPoint (nuScenes)": ([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3], 10, 120000),
-}
+#: the report's name of each preset: its configuration, as Voxelizer takes it
+CONFIGS = {label: VOXELIZER_PRESETS[preset] for preset, label in (
+    ("pointpillars_kitti", "PointPillars (KITTI)"), ("second_kitti", "SECOND (KITTI)"),
+    ("centerpoint_nuscenes", "CenterPoint (nuScenes)"))}
 
 
 def spconv_available() -> bool:

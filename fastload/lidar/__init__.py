@@ -2,7 +2,7 @@
 
 from .dataset import LidarDataset, RandomFlip, RandomRotation, RandomScaling, RangeCrop, ShufflePoints
 from .io import PointCloud, PointCloudError, read_kitti_bin, read_pcd, read_ply, read_point_cloud
-from .voxelize import Voxelizer, dynamic_voxelize, hard_voxelize
+from .voxelize import VOXELIZER_PRESETS, Voxelizer, dynamic_voxelize, hard_voxelize
 
 __all__ = [
     "LidarDataset",
@@ -13,6 +13,7 @@ __all__ = [
     "RandomScaling",
     "RangeCrop",
     "ShufflePoints",
+    "VOXELIZER_PRESETS",
     "Voxelizer",
     "dynamic_voxelize",
     "hard_voxelize",

@@ -11,6 +11,15 @@ import torch
 
 from fastload.extension import extension
 
+#: The voxelization settings of common detectors' published configurations (OpenPCDet /
+#: mmdet3d), in :class:`Voxelizer`'s argument order (``voxel_size``, ``point_cloud_range``,
+#: ``max_points_per_voxel``, ``max_voxels``): ``Voxelizer(*VOXELIZER_PRESETS["second_kitti"])``.
+VOXELIZER_PRESETS: dict[str, tuple[list[float], list[float], int, int]] = {
+    "pointpillars_kitti": ([0.16, 0.16, 4.0], [0, -39.68, -3, 69.12, 39.68, 1], 32, 16000),
+    "second_kitti": ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1], 5, 16000),
+    "centerpoint_nuscenes": ([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3], 10, 120000),
+}
+
 Array = Union[np.ndarray, torch.Tensor]
 
 

@@ -15,8 +15,8 @@ bytes a batch needs) and are numbered per worker.
    descriptor (Python's ``mmap.mmap`` keeps a duplicate for the mapping's life): a slot
    holds a descriptor only between its creation and its first message, so kept batches
    cost memory, never descriptors.
-2. The main process wraps the used part of the slot as one numpy array, the *lease*, and
-   builds every tensor of the batch as a view of it. ``weakref.finalize`` on the lease
+2. The main process wraps the used part of the slot as one numpy array, the *slot view*,
+   and builds every tensor of the batch as a view of it. ``weakref.finalize`` on the slot view
    fires when the last tensor (or view, or numpy alias) of the batch dies, whatever
    thread drops it, and queues ``(incarnation, slot_id)`` as released: the key of the
    worker *process* that made the slot (NOTE [ Worker restart ] in ``pool.py``).
@@ -27,7 +27,7 @@ bytes a batch needs) and are numbered per worker.
 4. A worker *retires* slots it no longer wants (too small for the batches it now builds,
    or more free slots than it can use) and says so in its next message; both sides drop
    their mapping. A mapping is unmapped when the last object referring to it dies, so
-   the memory of a retired slot is returned once the last lease dies.
+   the memory of a retired slot is returned once the last slot view dies.
 
 Because slots are memfds and never have a name, nothing appears in /dev/shm and nothing
 can be leaked by a crash, even SIGKILL of the main process: the kernel frees a slot
@@ -242,11 +242,11 @@ class WorkerSlots:
 
 
 class SlotTable:
-    """The main process's side: maps of every worker's slots, and leases on them, keyed by
+    """The main process's side: maps of every worker's slots, and slot views on them, keyed by
     the *incarnation* of the worker process that made the slot (NOTE [ Worker restart ]).
 
-    Thread-safety: ``lease`` / ``map`` / ``retire`` / ``take_released`` run on the
-    iterating thread; lease finalizers may run on any thread and only append to a deque.
+    Thread-safety: ``view`` / ``map`` / ``retire`` / ``take_released`` run on the
+    iterating thread; slot-view finalizers may run on any thread and only append to a deque.
     """
 
     def __init__(self) -> None:
@@ -266,11 +266,11 @@ class SlotTable:
         for slot_id in slot_ids:
             self._maps.pop((incarnation, slot_id), None)
 
-    def lease(self, incarnation: int, slot_id: int, nbytes: int) -> np.ndarray:
+    def view(self, incarnation: int, slot_id: int, nbytes: int) -> np.ndarray:
         """A uint8 view of the first ``nbytes`` of a slot whose death releases the slot."""
-        lease = np.frombuffer(self._maps[(incarnation, slot_id)], dtype=np.uint8, count=nbytes)
-        weakref.finalize(lease, self._released.append, (incarnation, slot_id))
-        return lease
+        view = np.frombuffer(self._maps[(incarnation, slot_id)], dtype=np.uint8, count=nbytes)
+        weakref.finalize(view, self._released.append, (incarnation, slot_id))
+        return view
 
     def take_released(self, incarnation: int) -> list[int]:
         """Slots of ``incarnation`` released since the last call for it."""

@@ -140,24 +140,24 @@ def _write_leaves(buffer: Any, layout: list[LayoutEntry], leaves: list[Any]) -> 
 
 
 class _LeafResolver(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, layout: list[LayoutEntry], lease: np.ndarray | None) -> None:
+    def __init__(self, file: io.BytesIO, layout: list[LayoutEntry], view: np.ndarray | None) -> None:
         super().__init__(file)
         self.layout = layout
-        self.lease = lease
+        self.view = view
 
     def persistent_load(self, pid: int) -> Any:
         offset, nbytes, dtype, shape, kind, stride = self.layout[pid]
         if kind == "n":
             if nbytes == 0:
                 return np.empty(shape, dtype=dtype)
-            return self.lease[offset : offset + nbytes].view(dtype).reshape(shape)
+            return self.view[offset : offset + nbytes].view(dtype).reshape(shape)
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype) if stride is None else torch.empty_strided(shape, stride, dtype=dtype)
-        # The tensor's storage holds a reference to the lease: see NOTE [ Slot protocol ].
-        flat = torch.frombuffer(self.lease, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
+        # The tensor's storage holds a reference to the slot view: see NOTE [ Slot protocol ].
+        flat = torch.frombuffer(self.view, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
         return flat.view(shape) if stride is None else flat.as_strided(shape, stride)
 
 
-def unpack_batch(skeleton: bytes, layout: list[LayoutEntry], lease: np.ndarray | None) -> Any:
-    """Rebuild a batch whose leaves are zero-copy views of ``lease`` (main side)."""
-    return _LeafResolver(io.BytesIO(skeleton), layout, lease).load()
+def unpack_batch(skeleton: bytes, layout: list[LayoutEntry], view: np.ndarray | None) -> Any:
+    """Rebuild a batch whose leaves are zero-copy views of the slot ``view`` (main side)."""
+    return _LeafResolver(io.BytesIO(skeleton), layout, view).load()

@@ -31,6 +31,18 @@ absent, since the new process starts from the dead one's seed, not from where it
 state had got to. The new process's slots are filed under a new *incarnation* number, so
 slot ids it reuses can never be confused with the dead one's (whose batches the user may
 still hold: they stay valid).
+
+NOTE [ Epochs on a persistent pool ]
+
+A persistent pool serves epoch after epoch, and an epoch may be left before its end (a
+``break``, a new ``iter()``): its tasks still in the workers are answered later. Task ids
+increase over the pool's life, across epochs, and ``start_epoch`` sets the first id of
+the new epoch as a floor: an answer to a task below it is stale. A stale batch is still
+unpacked (its message may map a new slot, and dropping the batch releases that slot, so
+the worker gets it back) and then dropped, as is a stale error or end of stream; the
+workers are told the new epoch's seed (and, on a resume, the stream items to skip) by a
+``StartEpoch`` message that queues behind the old epoch's tasks, so every task is run
+with the seed of the epoch it belongs to.
 """
 
 from __future__ import annotations
@@ -293,10 +305,10 @@ class WorkerPool:
             except (EOFError, OSError) as exc:
                 raise _DiedMidMessage from exc
             self.slots.map(incarnation, message.slot_id, fd, message.new_slot_capacity)
-        lease: np.ndarray | None = None
+        view: np.ndarray | None = None
         if message.slot_id is not None:
-            lease = self.slots.lease(incarnation, message.slot_id, message.nbytes)
-        return unpack_batch(message.skeleton, message.layout, lease)
+            view = self.slots.view(incarnation, message.slot_id, message.nbytes)
+        return unpack_batch(message.skeleton, message.layout, view)
 
     def _worker_died(self, worker_id: int) -> None:
         """Restarts the worker (NOTE [ Worker restart ]) or raises ``WorkerDiedError``."""

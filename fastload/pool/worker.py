@@ -55,7 +55,7 @@ from torch._utils import ExceptionWrapper
 from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
-from ..fetch import EndOfData, SampleFetcher, SkippedTask
+from ..fetch import SampleFetcher, SkippedTask, StreamExhausted
 from ..telemetry import collect_into
 from . import messages
 from .arena import WorkerSlots
@@ -92,7 +92,7 @@ class PoolConfig:
 class WorkerConfig:
     """What one worker is started with; pickled once per worker under spawn/forkserver."""
 
-    pool: PoolConfig
+    pool_config: PoolConfig
     worker_id: int
     #: torch's: the worker seeds its RNGs with base_seed + worker_id
     base_seed: int
@@ -150,31 +150,31 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
 class _WorkerLoop:
     def __init__(self, config: WorkerConfig, conn: Connection, sock: socket.socket) -> None:
         self.config = config
-        self.pool = config.pool
+        self.pool_config = config.pool_config
         self.conn = conn
         self.sock = sock
-        self.slots = WorkerSlots(self.pool.min_slot_bytes, self.pool.max_free_slots)
+        self.slots = WorkerSlots(self.pool_config.min_slot_bytes, self.pool_config.max_free_slots)
         self.fetcher = SampleFetcher(
-            self.pool.dataset,
-            iterable=self.pool.iterable,
-            auto_collation=self.pool.auto_collation,
-            drop_last=self.pool.drop_last,
-            seed_per_sample=self.pool.seed_per_sample,
+            self.pool_config.dataset,
+            iterable=self.pool_config.iterable,
+            auto_collation=self.pool_config.auto_collation,
+            drop_last=self.pool_config.drop_last,
+            seed_per_sample=self.pool_config.seed_per_sample,
             restore_rng=False,
-            on_error=self.pool.on_error,
+            on_error=self.pool_config.on_error,
             stream=f"worker {config.worker_id}",
         )
         self.where = f"DataLoader worker {config.worker_id} (pid {os.getpid()})"
 
     def run(self) -> None:
-        config, pool = self.config, self.pool
+        config, pool_config = self.config, self.pool_config
         seed = _seed_like_torch(config.base_seed, config.worker_id)
         torch_worker._worker_info = torch_worker.WorkerInfo(
-            id=config.worker_id, num_workers=pool.num_workers, seed=seed, dataset=pool.dataset
+            id=config.worker_id, num_workers=pool_config.num_workers, seed=seed, dataset=pool_config.dataset
         )
         try:
-            if pool.worker_init_fn is not None:
-                pool.worker_init_fn(config.worker_id)
+            if pool_config.worker_init_fn is not None:
+                pool_config.worker_init_fn(config.worker_id)
             self.fetcher.start_epoch(config.sample_seed, config.skip_items)
         except Exception:
             wrapper = ExceptionWrapper(where=f"{self.where} while starting (worker_init_fn / iter(dataset))")
@@ -202,11 +202,11 @@ class _WorkerLoop:
 
     def _run_task(self, task: messages.Task) -> None:
         reported: dict[str, float] = {}
-        started = time.perf_counter() if self.pool.telemetry else 0.0
-        previous = collect_into(reported) if self.pool.telemetry else None
+        started = time.perf_counter() if self.pool_config.telemetry else 0.0
+        previous = collect_into(reported) if self.pool_config.telemetry else None
         try:
             samples = self.fetcher.fetch(task.indices)
-        except EndOfData:
+        except StreamExhausted:
             self._send(messages.EndOfData(task.task_id, self.slots.take_retired(), self.fetcher.take_failures()))
             return
         except SkippedTask:
@@ -217,11 +217,11 @@ class _WorkerLoop:
             self._send_error(task, exc, self.fetcher.current_index)
             return
         finally:
-            if self.pool.telemetry:
+            if self.pool_config.telemetry:
                 collect_into(previous)
-        fetched = time.perf_counter() if self.pool.telemetry else 0.0
+        fetched = time.perf_counter() if self.pool_config.telemetry else 0.0
         try:
-            collate = deferred_collate if self.pool.collate_in_slot else self.pool.collate_fn
+            collate = deferred_collate if self.pool_config.collate_in_slot else self.pool_config.collate_fn
             batch = self.fetcher.collate(samples, collate)
             packed = pack_batch(batch, self.slots)
         except Exception as exc:
@@ -229,8 +229,8 @@ class _WorkerLoop:
             self._send_error(task, exc, None)
             return
         telemetry = None
-        if self.pool.telemetry:
-            count = len(samples) if self.pool.auto_collation else 1
+        if self.pool_config.telemetry:
+            count = len(samples) if self.pool_config.auto_collation else 1
             telemetry = (started, fetched, time.perf_counter(), count, reported or None)
         slot = packed.slot
         self._send(
