@@ -34,7 +34,7 @@ def available() -> bool:
 def extension(needed_by: str) -> ModuleType:
     """``fastload._ext``, for ``needed_by`` (what the message names if it is missing)."""
     try:
-        from fastload import _ext
+        from fastload import _ext  # type: ignore[attr-defined]  # compiled, without stubs
     except ImportError as exc:
         raise ExtensionMissingError(
             f"{needed_by} needs fastload's compiled extension fastload._ext, which is not installed ({exc}). "

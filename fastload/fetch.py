@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .sample_errors import MAX_REPLACEMENTS, SampleFailure, describe, malformed, structure
+from .sample_errors import MAX_REPLACEMENTS, OnError, SampleFailure, describe, malformed, structure
 from .seeding import mix_seed
 
 
@@ -81,7 +81,7 @@ class SampleFetcher:
         drop_last: bool,
         seed_per_sample: bool,
         restore_rng: bool,
-        on_error: str = "raise",
+        on_error: OnError = "raise",
         stream: str = "the main process",
     ) -> None:
         self.dataset = dataset

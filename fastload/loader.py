@@ -11,7 +11,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.utils.data
@@ -37,7 +37,7 @@ from .resume import (
     sampler_roles,
     settled_from_state,
 )
-from .sample_errors import POLICIES, ErrorLog, SampleFailure
+from .sample_errors import POLICIES, ErrorLog, OnError, SampleFailure
 from .samplers import RandomSampler, SequentialSampler, checked_count, checked_seed
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
@@ -138,7 +138,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         device_prefetch: int = 2,
         batch_transform: Callable[[Any], Any] | None = None,
         min_slot_bytes: int = DEFAULT_MIN_SLOT_BYTES,
-        on_error: str = "raise",
+        on_error: OnError = "raise",
         max_errors: int | None = None,
         max_worker_restarts: int = 0,
         telemetry: bool = False,
@@ -146,7 +146,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
     ) -> None:
         if sampler is None and batch_sampler is None and not isinstance(dataset, IterableDataset):
             # fastload's own default samplers: same meaning as torch's, and resumable.
-            sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+            sized = cast(Sized, dataset)  # torch's samplers need len(dataset), as they do
+            sampler = RandomSampler(sized, generator=generator) if shuffle else SequentialSampler(sized)
             shuffle = None
         super().__init__(
             dataset,
@@ -208,7 +209,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._skip_batches = 0
         #: a persistent loader's live iterator (weak: the loader must not keep it, and through
         #: it the pool, alive in a reference cycle)
-        self._iterator: weakref.ReferenceType[EpochIterator] | None = None
+        self._live_iterator: weakref.ReferenceType[EpochIterator] | None = None
 
     def stats(self) -> LoaderStats:
         """Telemetry of the current (or last) epoch: per-stage totals and percentiles,
@@ -243,16 +244,18 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 "to get batches on that device."
             )
         source, workers = self._start_epoch()
+        progress = self._progress
+        assert progress is not None  # the epoch _start_epoch began
         skip, self._skip_batches = self._skip_batches, 0
         if self.persistent_workers and self.num_workers > 0:
-            live = self._iterator() if self._iterator is not None else None
+            live = self._live_iterator() if self._live_iterator is not None else None
             if live is not None:
-                live.restart(source, self._progress, self._telemetry, workers)
+                live.restart(source, progress, self._telemetry, workers)
             else:
-                live = EpochIterator(source, self._progress, self._telemetry, workers)
-                self._iterator = weakref.ref(live)
+                live = EpochIterator(source, progress, self._telemetry, workers)
+                self._live_iterator = weakref.ref(live)
         else:
-            live = EpochIterator(source, self._progress, self._telemetry, workers)
+            live = EpochIterator(source, progress, self._telemetry, workers)
         # An IterableDataset's positions cannot be counted in batches: its skipped batches are
         # read and dropped, and settle as handed out (NOTE [ Resume ]).
         for _ in itertools.islice(live, skip):
@@ -292,8 +295,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None)):
             if loaded and sampler is roles.resumable:
                 continue  # the state set its epoch
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(epoch)
+            set_sampler_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_sampler_epoch):
+                set_sampler_epoch(epoch)
 
     def skip_first_batches(self, num_batches: int) -> DataLoader[T_co]:
         """Position the loader after the first ``num_batches`` batches of its next epoch
@@ -326,10 +330,10 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._skip_batches = num_batches
             return self
         point = point_after_batches(batching, num_batches)
-        roles = sampler_roles(batching)
-        if roles.jumps:
+        resumable = sampler_roles(batching).resumable
+        if sampler_roles(batching).jumps and resumable is not None:
             try:
-                roles.resumable.load_state_dict({**roles.resumable.next_state(), "start": point.prefix})
+                resumable.load_state_dict({**resumable.next_state(), "start": point.prefix})
                 point.jumped = True
             except ValueError:  # a RandomSampler drawing from torch's global RNG when the epoch begins: replayed
                 pass
@@ -382,11 +386,12 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                                   warn_once=self._warn_once, telemetry=self._telemetry), workers
         except BaseException:
             self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self.sample_root = before
-            if progress.generator_state is not None:
+            if progress.generator_state is not None and isinstance(generator, torch.Generator):
                 generator.set_state(progress.generator_state)
-            if sampler_before is not None and roles.resumable.begun(progress.sampler_epoch):
+            if sampler_before is not None and roles.resumable is not None \
+                    and roles.resumable.begun(progress.sampler_epoch):
                 roles.resumable.load_state_dict(sampler_before)
-            if before_draw is not None:  # last: it may be the sampler's generator too
+            if before_draw is not None and loader_generator is not None:  # last: it may be the sampler's too
                 loader_generator.set_state(before_draw)
             raise
 
@@ -408,7 +413,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         tasks: Callable[[], Iterator[tuple[Any, Any]]]
         length: Callable[[], int]
         if batching.unit == "items":
-            size = self.batch_size if self._auto_collation else 1
+            size = self.batch_size if self.batch_size is not None and self._auto_collation else 1
             tasks = functools.partial(_stream_tasks, self._index_sampler, size)
             length = functools.partial(len, self._index_sampler)
         else:
@@ -464,9 +469,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             settled = {"prefix": point.prefix, "beyond": [list(r) for r in point.beyond]}
         sampler_state = None
         if roles.resumable is not None:
-            in_progress = progress is not None and not progress.finished
-            sampler_state = roles.resumable.state_dict() if in_progress and \
-                roles.resumable.begun(progress.sampler_epoch) else roles.resumable.next_state()
+            begun = progress is not None and not progress.finished and roles.resumable.begun(progress.sampler_epoch)
+            sampler_state = roles.resumable.state_dict() if begun else roles.resumable.next_state()
             del sampler_state["start"]  # the loader's own positions say where to start
         return {"format": STATE_FORMAT, "epoch": epoch, "batches": point.batches, "settled": settled,
                 "base_seed": base_seed, "sample_root": self.sample_root, "draws_once": self._draws_once(),
@@ -571,9 +575,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if roles.resumable is not None:
             roles.resumable.load_state_dict({**sampler_state, "start": point.prefix if roles.jumps else 0})
             point.jumped = roles.jumps
-        if generator_state is not None:
+        if generator_state is not None and isinstance(generator, torch.Generator):
             generator.set_state(generator_state)
-        if own_state is not None:
+        if own_state is not None and own_generator is not None:
             own_generator.set_state(own_state)
         point.base_seed = base_seed
         point.from_state = True
@@ -650,7 +654,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             on_error=self.on_error,
             telemetry=self.telemetry,
             min_slot_bytes=self.min_slot_bytes,
-            max_free_slots=self.prefetch_factor + 2,
+            max_free_slots=(self.prefetch_factor or 2) + 2,  # torch sets it (2) when there are workers
         )
         context = self.multiprocessing_context or multiprocessing.get_context()
         return WorkerPool(config, context, base_seed, sample_seed, self.max_worker_restarts, skip_items)

@@ -234,6 +234,7 @@ class PoolIterator(LoaderIterator):
         self._on_pool_failure = lease.on_failure
         self._timeout = loader.timeout if loader.timeout > 0 else None
         self._in_order = loader.in_order
+        assert loader.prefetch_factor is not None  # torch sets it (2) when there are workers
         self._max_outstanding = loader.prefetch_factor * pool.num_workers
         self._arena_checked = False
         self._warn_once = loader._warn_once

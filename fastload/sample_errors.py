@@ -38,12 +38,14 @@ import logging
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
-POLICIES = ("raise", "skip", "replace")
+#: what a sample that fails to load does (``DataLoader(on_error=...)``)
+OnError = Literal["raise", "skip", "replace"]
+POLICIES: tuple[OnError, ...] = get_args(OnError)
 #: replacements tried for one failed sample before the failure is raised
 MAX_REPLACEMENTS = 16
 

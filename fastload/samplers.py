@@ -369,8 +369,8 @@ class DistributedSampler(ResumableSampler, tud.DistributedSampler):
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,  # type: ignore[arg-type]
+                         drop_last=drop_last)  # torch's needs only len(dataset)
         self._init_cursor(seed)
 
     def order_config(self) -> dict[str, Any]:
@@ -404,7 +404,7 @@ class DistributedSamplerWrapper(ResumableSampler, tud.DistributedSampler):
 
     def __init__(
         self,
-        sampler: tud.Sampler[Any] | Sequence[Any],
+        sampler: tud.Sampler[Any] | Iterable[Any],
         num_replicas: int | None = None,
         rank: int | None = None,
         *,
@@ -645,18 +645,22 @@ class BucketBatchSampler(ResumableSampler, tud.BatchSampler):
         if max_tokens is not None and len(self.lengths) and self.lengths.max() > max_tokens:
             bad = int(self.lengths.argmax())
             raise ValueError(f"sample {bad} has length {self.lengths[bad]}, more than max_tokens={max_tokens}")
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # type: ignore[assignment]  # None with max_tokens
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.drop_last = drop_last
         self._init_cursor(seed)
         if sort_window is None:
-            typical = batch_size or max(1, max_tokens // max(1, int(np.median(self.lengths)) if len(self.lengths) else 1))
+            if batch_size is not None:
+                typical = batch_size
+            else:  # batches of about max_tokens / the median length
+                assert max_tokens is not None
+                typical = max(1, max_tokens // max(1, int(np.median(self.lengths)) if len(self.lengths) else 1))
             sort_window = 256 * typical
         if sort_window < 1:
             raise ValueError(f"sort_window must be >= 1, got {sort_window}")
         self.sort_window = sort_window
-        self.sampler = sampler
+        self.sampler = sampler  # type: ignore[assignment]  # the injected sampler, or None: not torch's batched one
         self.num_replicas, self.rank = _ranks_of(sampler)
         self._cache: tuple[int, list[list[int]]] | None = None
         self._lengths_crc: int | None = None

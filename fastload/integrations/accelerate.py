@@ -111,7 +111,7 @@ class AcceleratedDataLoader(DataLoader[Any]):
                 step = batch_sampler.batch_size * batch_sampler.num_replicas
                 # the items: the wrapped sampler's, or those of the wrapped batch sampler's sampler
                 items = batch_sampler.sampler.sampler if batch_sampler.of_batches else batch_sampler.sampler  # type: ignore[union-attr]
-                return 0 if batch_sampler.drop_last else len(items) % step
+                return 0 if batch_sampler.drop_last else len(items) % step  # type: ignore[arg-type]
             if isinstance(sampler, DistributedSamplerWrapper) and self.batch_size is None:  # a sample a step
                 return 0 if sampler.drop_last else len(sampler.sampler) % sampler.num_replicas  # type: ignore[arg-type]
             if self.num_processes == 1 and self.batch_size is not None:
@@ -338,7 +338,7 @@ class _Preparation:
                               f"loader {index} starts its next epoch from the beginning", stacklevel=4)
 
 
-def _carry_position(loader: DataLoader[Any], prepared: DataLoader[Any], split_now: bool) -> None:
+def _carry_position(loader: DataLoader[Any], prepared: AcceleratedDataLoader, split_now: bool) -> None:
     """Give ``prepared`` the epoch and position ``loader`` was at (a loaded state, a skip,
     ``set_epoch``, epochs iterated). A position cannot cross a split that changes the
     order: refused, naming the order of calls that works."""

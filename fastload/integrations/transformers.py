@@ -87,15 +87,15 @@ class FastloadTrainerMixin:
         use_fastload(self.accelerator)  # type: ignore[attr-defined]
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = transformers.trainer_utils.get_last_checkpoint(
-                self.args.output_dir)  # type: ignore[attr-defined]
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory "
-                                 f"({self.args.output_dir})")  # type: ignore[attr-defined]
-        self._fastload_resume_from = resume_from_checkpoint or None
+            output_dir = self.args.output_dir  # type: ignore[attr-defined]
+            checkpoint = transformers.trainer_utils.get_last_checkpoint(output_dir)
+            if checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({output_dir})")
+        self._fastload_resume_from = checkpoint or None
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+            return super().train(checkpoint, *args, **kwargs)  # type: ignore[misc]
         finally:
             self._fastload_resume_from = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,8 @@ class AsciiRows:
         for k, (name, dtype) in enumerate(zip(names, types)):
             if dtype.kind in "iu":
                 column, limits = np.array(values[k::width], dtype=np.float64), np.iinfo(dtype)
-                bad = np.flatnonzero((column != np.floor(column)) | (column < limits.min) | (column > limits.max))
+                bad: Sequence[int] = np.flatnonzero(  # type: ignore[assignment]  # an array of indices
+                    (column != np.floor(column)) | (column < limits.min) | (column > limits.max))
                 if dtype.itemsize == 8 and not len(bad):  # float64 rounds 64-bit limits: compare exactly
                     bad = [j for j, value in enumerate(values[k::width])
                            if not limits.min <= int(float(value) if b"." in value or b"e" in value.lower()

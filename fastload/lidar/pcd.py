@@ -69,6 +69,7 @@ def _pcd_points(path: str, header: dict[str, list[str]]) -> int:
             raise PointCloudError(f"{path}: PCD POINTS is {points} but WIDTH x HEIGHT is "
                                   f"{width} x {height} = {width * height}")
         points = width * height
+    assert points is not None  # POINTS, or WIDTH and HEIGHT: checked above
     return points
 
 
@@ -144,15 +145,16 @@ def read_pcd(path: str | os.PathLike[str]) -> PointCloud:
                                   f"POINTS {layout.points} x {layout.record.itemsize}-byte records (SIZE x COUNT) "
                                   f"need {needed} bytes of data, the file has {held}")
         records = np.frombuffer(data, dtype=layout.record, count=layout.points, offset=offset)
-        kept = [name for name, column in zip(layout.record.names, layout.columns) if column is not None]
-        table = np.stack([as_float32(path, layout.columns[layout.record.names.index(name)] or name, records[name])
+        names = layout.record.names or ()  # a structured dtype: always has names
+        kept = [name for name, column in zip(names, layout.columns) if column is not None]
+        table = np.stack([as_float32(path, layout.columns[names.index(name)] or name, records[name])
                           for name in kept], axis=1)
     else:
         rows = AsciiRows(path, data[offset:], data[:offset].count(b"\n") + 1)
         rows.expect(layout.points, "POINTS (one line each)")
         values = rows.fixed(0, layout.points, len(layout.columns), "point (FIELDS x COUNT)")
-        names = [c or _PCD_PADDING for c in layout.columns]
-        table = rows.table(0, values, names, [layout.record[i] for i in range(len(layout.columns))])
+        column_names = [c or _PCD_PADDING for c in layout.columns]
+        table = rows.table(0, values, column_names, [layout.record[i] for i in range(len(layout.columns))])
         table = table[:, [i for i, column in enumerate(layout.columns) if column is not None]]
     return xyz_first(table, [c for c in layout.columns if c is not None])
 
@@ -183,7 +185,7 @@ def _read_pcd_compressed(path: str, data: bytes, offset: int, layout: _PcdLayout
     except (ImportError, OSError) as exc:  # OSError: open3d is there but a system library is not
         raise PointCloudError(f"{path}: reading binary_compressed PCD needs open3d (pip install open3d-cpu; "
                               f"it loads the system's libusb-1.0-0): {exc}") from exc
-    cloud = o3d.t.io.read_point_cloud(path)
+    cloud = o3d.t.io.read_point_cloud(path)  # type: ignore[arg-type]  # open3d takes str too
     attributes = {name: cloud.point[name].numpy() for name in cloud.point}
     if "positions" not in attributes or any(len(values) != layout.points for values in attributes.values()):
         raise PointCloudError(f"{path}: open3d could not read the binary_compressed data (corrupt LZF stream?)")

@@ -27,7 +27,7 @@ class _PlyProperty(NamedTuple):
 
 class _PlyElement(NamedTuple):
     name: str
-    count: int
+    count: int  # type: ignore[assignment]  # a field named as tuple's method
     properties: list[_PlyProperty]
 
 
@@ -35,7 +35,8 @@ def _ply_header(path: str, data: bytes) -> tuple[str, list[_PlyElement], int, in
     """The format, the elements, the offset of the data and the number of header lines."""
     if not (data.startswith(b"ply\n") or data.startswith(b"ply\r\n")):
         raise PointCloudError(f"{path}: not a PLY file (no 'ply' line first)")
-    offset, number, encoding, elements = data.index(b"\n") + 1, 1, None, []
+    elements: list[_PlyElement] = []
+    offset, number, encoding = data.index(b"\n") + 1, 1, None
     while True:
         end = data.find(b"\n", offset)
         if end < 0:
@@ -129,7 +130,7 @@ def read_ply(path: str | os.PathLike[str]) -> PointCloud:
 def _read_ply_binary(path: str, data: bytes, offset: int, elements: list[_PlyElement], endian: str) -> np.ndarray:
     """The vertex element's scalar properties as records, after checking that the elements
     fill the data exactly."""
-    vertex = None
+    vertex: np.ndarray | None = None
     for element in elements:
         scalars = np.dtype([(p.name, endian + p.type) for p in element.properties if p.count_type is None])
         if all(prop.count_type is None for prop in element.properties):
@@ -147,6 +148,7 @@ def _read_ply_binary(path: str, data: bytes, offset: int, elements: list[_PlyEle
     if offset != len(data):
         raise PointCloudError(f"{path}: data after the last element: the header's elements take "
                               f"{offset} bytes of the file, the file has {len(data)}")
+    assert vertex is not None  # _ply_header requires a vertex element
     return vertex
 
 
@@ -185,7 +187,8 @@ def _read_ply_ascii(path: str, data: bytes, offset: int, header_lines: int, elem
     element's lines."""
     rows = AsciiRows(path, data[offset:], header_lines + 1)
     rows.expect(sum(element.count for element in elements), "elements (one per line)")
-    first, table = 0, None
+    first = 0
+    table: np.ndarray | None = None
     for element in elements:
         if all(prop.count_type is None for prop in element.properties):
             values = rows.fixed(first, element.count, len(element.properties), element.name)
@@ -195,6 +198,7 @@ def _read_ply_ascii(path: str, data: bytes, offset: int, header_lines: int, elem
             scalars = [prop for prop in element.properties if prop.count_type is None]
             table = rows.table(first, values, [p.name for p in scalars], [np.dtype(p.type) for p in scalars])
         first += element.count
+    assert table is not None  # _ply_header requires a vertex element
     return table
 
 

@@ -268,7 +268,7 @@ class SlotTable:
 
     def view(self, incarnation: int, slot_id: int, nbytes: int) -> np.ndarray:
         """A uint8 view of the first ``nbytes`` of a slot whose death releases the slot."""
-        view = np.frombuffer(self._maps[(incarnation, slot_id)], dtype=np.uint8, count=nbytes)
+        view = np.frombuffer(self._maps[(incarnation, slot_id)], dtype=np.uint8, count=nbytes)  # type: ignore[call-overload]
         weakref.finalize(view, self._released.append, (incarnation, slot_id))
         return view
 

@@ -150,6 +150,7 @@ class _LeafResolver(pickle.Unpickler):
         if kind == "n":
             if nbytes == 0:
                 return np.empty(shape, dtype=dtype)
+            assert self.view is not None  # a batch with data in a slot comes with its view
             return self.view[offset : offset + nbytes].view(dtype).reshape(shape)
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype) if stride is None else torch.empty_strided(shape, stride, dtype=dtype)

@@ -89,7 +89,8 @@ class WorkerDiedError(RuntimeError):
     indices of the tasks it held.
     """
 
-    def __init__(self, worker_id: int, pid: int, exitcode: int | None, indices: list[Any], restarts: str = "") -> None:
+    def __init__(self, worker_id: int, pid: int | None, exitcode: int | None, indices: list[Any],
+                 restarts: str = "") -> None:
         self.worker_id = worker_id
         self.pid = pid
         self.exitcode = exitcode
@@ -181,7 +182,7 @@ class WorkerPool:
         die_with_parent = threading.current_thread() is threading.main_thread()
         skip = self._skip_items[worker_id] if self._skip_items else 0
         worker_config = WorkerConfig(self.config, worker_id, self.base_seed, self._sample_seed, die_with_parent, skip)
-        process = self._context.Process(
+        process = self._context.Process(  # type: ignore[attr-defined]  # every start method's context has it
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
         sock = socket.socket(fileno=os.dup(main_end.fileno()))
@@ -275,27 +276,29 @@ class WorkerPool:
         self.slots.retire(self._incarnation[worker_id], message.retired)
         if isinstance(message, messages.Error) and message.task_id is None:
             message.error.reraise()  # the worker could not start its epoch: the pool is unusable
+        task_id = message.task_id
+        assert task_id is not None  # only an Error of an epoch's start has none
         # Unpacked even when stale: it maps a new slot, and dropping it releases the slot.
         try:
             value = self._unpack(worker_id, message) if isinstance(message, messages.Batch) else None
         except _DiedMidMessage:
             self._worker_died(worker_id)  # the task is still outstanding: a restart re-issues it
             return None
-        self.outstanding[worker_id].pop(message.task_id, None)
-        if message.task_id < self._current_floor:
+        self.outstanding[worker_id].pop(task_id, None)
+        if task_id < self._current_floor:
             return None
         if isinstance(message, messages.Batch):
             telemetry = None
             if message.telemetry is not None:
                 started, fetched, collated, samples, reported = message.telemetry
-                telemetry = (self._processes[worker_id].pid, started, fetched, collated, arrived, time.perf_counter(),
-                             samples, reported)
-            return Received(message.task_id, worker_id, "batch", value, message.failures, message.nbytes, telemetry)
+                telemetry = (self._processes[worker_id].pid or 0, started, fetched, collated, arrived,
+                             time.perf_counter(), samples, reported)
+            return Received(task_id, worker_id, "batch", value, message.failures, message.nbytes, telemetry)
         if isinstance(message, messages.Skipped):
-            return Received(message.task_id, worker_id, "skipped", None, message.failures)
+            return Received(task_id, worker_id, "skipped", None, message.failures)
         if isinstance(message, messages.Error):
-            return Received(message.task_id, worker_id, "error", message.error)
-        return Received(message.task_id, worker_id, "end", failures=message.failures)
+            return Received(task_id, worker_id, "error", message.error)
+        return Received(task_id, worker_id, "end", failures=message.failures)
 
     def _unpack(self, worker_id: int, message: messages.Batch) -> Any:
         incarnation = self._incarnation[worker_id]
@@ -304,6 +307,7 @@ class WorkerPool:
                 fd = _receive_fd(self._socks[worker_id])
             except (EOFError, OSError) as exc:
                 raise _DiedMidMessage from exc
+            assert message.slot_id is not None  # a new slot has an id
             self.slots.map(incarnation, message.slot_id, fd, message.new_slot_capacity)
         view: np.ndarray | None = None
         if message.slot_id is not None:
@@ -348,7 +352,7 @@ class WorkerPool:
         detached = self._finalizer.detach()
         if detached is not None:
             _, shutdown, args, _ = detached
-            shutdown(*args, grace)
+            shutdown(*args, grace)  # type: ignore[call-arg]  # _shutdown_processes(..., grace)
 
 
 def _unpicklable(config: PoolConfig, context: Any, exc: BaseException) -> TypeError:

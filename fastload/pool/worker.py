@@ -56,6 +56,7 @@ from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
 from ..fetch import SampleFetcher, SkippedTask, StreamExhausted
+from ..sample_errors import OnError
 from ..telemetry import collect_into
 from . import messages
 from .arena import WorkerSlots
@@ -81,7 +82,7 @@ class PoolConfig:
     worker_init_fn: Callable[[int], None] | None
     seed_per_sample: bool
     #: see NOTE [ Sample errors ] in sample_errors.py
-    on_error: str
+    on_error: OnError
     #: measure the stages of each batch (NOTE [ Telemetry ] in telemetry.py)
     telemetry: bool
     min_slot_bytes: int

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 import torch
 from torch.utils.data import Dataset
 
@@ -46,7 +48,8 @@ class TokenSequences(Dataset):
         self.offsets = offsets
 
     @classmethod
-    def from_sequences(cls, sequences: Iterable[Sequence[int] | np.ndarray], dtype: np.dtype = np.int32) -> TokenSequences:
+    def from_sequences(cls, sequences: Iterable[Sequence[int] | np.ndarray],
+                       dtype: DTypeLike = np.int32) -> TokenSequences:
         """Pack an iterable of token sequences (lists, arrays, tensors)."""
         arrays = [np.asarray(s, dtype=dtype).reshape(-1) for s in sequences]
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
@@ -67,7 +70,7 @@ class TokenSequences(Dataset):
         The mapping is copy-on-write, so returned tensors are writable without touching
         the file (and a write copies only that page, in that process).
         """
-        mode = "c" if mmap else None
+        mode: Literal["c"] | None = "c" if mmap else None
         paths = [os.path.join(directory, name) for name in ("tokens.npy", "offsets.npy")]
         for path in paths:
             if not os.path.exists(path):
