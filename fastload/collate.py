@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data._utils.collate import (
+from .torch_private import (
     collate,
     collate_float_fn,
     collate_int_fn,

@@ -24,6 +24,7 @@ from .pool.pool import Received, WorkerPool
 from .resume import EpochProgress, Positions, ResumePoint
 from .sample_errors import ErrorLog
 from .telemetry import EpochTelemetry, collect_into
+from .torch_private import iterable_len_reported
 
 if TYPE_CHECKING:
     from .loader import DataLoader
@@ -111,7 +112,7 @@ class LoaderIterator:
         self._progress: EpochProgress = loader._progress  # type: ignore[assignment]
         self._iterable = loader._is_iterable
         self._index_sampler = loader._index_sampler
-        self._len_reported = loader._IterableDataset_len_called
+        self._len_reported = iterable_len_reported(loader)
         self._num_workers = loader.num_workers
         self._make_tasks = tasks
         self._tasks: Iterator[tuple[Any, Any]] = iter(())

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
 from .device import cuda_usable
+from .torch_private import pin_memory as torch_pin_memory
 from .telemetry import EpochTelemetry
 
 

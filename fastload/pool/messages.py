@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch._utils import ExceptionWrapper
-
 from ..sample_errors import SampleFailure
+from ..torch_private import ExceptionWrapper
 from .batch_codec import LayoutEntry
 
 

@@ -51,12 +51,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch._utils import ExceptionWrapper
-from torch.utils.data._utils import worker as torch_worker
 
 from ..collate import deferred_collate
 from ..fetch import SampleFetcher, SkippedTask, StreamExhausted
 from ..sample_errors import OnError
+from ..torch_private import ExceptionWrapper, numpy_seed_like_torch, publish_worker_info
 from ..telemetry import collect_into
 from . import messages
 from .arena import WorkerSlots
@@ -124,7 +123,7 @@ def _seed_like_torch(base_seed: int, worker_id: int) -> int:
     seed = base_seed + worker_id
     random.seed(seed)
     torch.manual_seed(seed)
-    np.random.seed(torch_worker._generate_state(base_seed, worker_id))
+    np.random.seed(numpy_seed_like_torch(base_seed, worker_id))
     return seed
 
 
@@ -170,9 +169,7 @@ class _WorkerLoop:
     def run(self) -> None:
         config, pool_config = self.config, self.pool_config
         seed = _seed_like_torch(config.base_seed, config.worker_id)
-        torch_worker._worker_info = torch_worker.WorkerInfo(
-            id=config.worker_id, num_workers=pool_config.num_workers, seed=seed, dataset=pool_config.dataset
-        )
+        publish_worker_info(config.worker_id, pool_config.num_workers, seed, pool_config.dataset)
         try:
             if pool_config.worker_init_fn is not None:
                 pool_config.worker_init_fn(config.worker_id)
