@@ -242,16 +242,14 @@ class PoolIterator(LoaderIterator):
         # In order, workers take turns; a resumed epoch goes on with the worker whose turn was next.
         first = resume.next_stream % pool.num_workers if resume is not None else 0
         self._worker_cycle = itertools.cycle([*range(first, pool.num_workers), *range(first)])
-        self._first_task = pool.next_task_id
-        self._next_to_yield = self._first_task
+        self._next_to_yield = pool.next_task_id  # the epoch's first task (a persistent pool's: set below)
         self._sent: dict[int, Any] = {}  # task id -> positions, for tasks sent and not yet answered
         self._answers: dict[int, tuple[Received, Any]] = {}  # answered out of order, with their positions
-        self._load = [0] * pool.num_workers
         self._sampler_done = False
         try:
             if not lease.fresh:
                 pool.reactivate()
-                pool.start_epoch(self._sample_seed, self._first_task, self._skip_items)
+                self._next_to_yield = pool.start_epoch(self._sample_seed, self._skip_items)
             self._tasks = self._make_tasks()
             for _ in range(self._max_outstanding):
                 self._dispatch()
@@ -276,19 +274,16 @@ class PoolIterator(LoaderIterator):
         except StopIteration:
             self._sampler_done = True
             return
-        task_id = self._pool.next_task_id
-        self._pool.next_task_id += 1
-        self._pool.send_task(worker_id, task_id, indices)
+        task_id = self._pool.submit(worker_id, indices)
         self._sent[task_id] = (worker_id, positions) if self._iterable else positions
-        self._load[worker_id] += 1
 
     def _choose_worker(self) -> int | None:
         active = [w for w in range(self._pool.num_workers) if self._pool.is_active(w)]
         if not active:
             return None
         if not self._in_order:
-            worker_id = min(active, key=lambda w: self._load[w])
-            return worker_id if self._load[worker_id] < max(1, self._max_outstanding // len(active)) else None
+            worker_id = min(active, key=self._pool.load)
+            return worker_id if self._pool.load(worker_id) < max(1, self._max_outstanding // len(active)) else None
         for _ in range(self._pool.num_workers):
             worker_id = next(self._worker_cycle)
             if self._pool.is_active(worker_id):
@@ -302,7 +297,6 @@ class PoolIterator(LoaderIterator):
                 self._end_epoch()
                 raise StopIteration
             answer, positions = answered
-            self._load[answer.worker_id] -= 1
             self._dispatch()
             if answer.failures:
                 try:

@@ -262,7 +262,7 @@ class SlotTable:
             os.close(fd)
 
     def retire(self, incarnation: int, slot_ids: list[int]) -> None:
-        # Leases still alive keep their mapping (and so the memory) alive.
+        # Slot views still alive keep their mapping (and so the memory) alive.
         for slot_id in slot_ids:
             self._maps.pop((incarnation, slot_id), None)
 

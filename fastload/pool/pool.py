@@ -152,8 +152,8 @@ class WorkerPool:
         self._processes: list[multiprocessing.process.BaseProcess] = []
         #: task_id -> indices, per worker: what a worker holds, for error messages
         self.outstanding: list[dict[int, Any]] = [dict() for _ in range(config.num_workers)]
-        #: task ids increase over the pool's life, across epochs
-        self.next_task_id = 0
+        #: task ids increase over the pool's life, across epochs (NOTE [ Epochs on a persistent pool ])
+        self._next_task_id = 0
         #: answers with a task id below this belong to an abandoned epoch and are dropped
         self._current_floor = 0
         #: whether a worker takes new tasks (not after its iterable dataset ran out)
@@ -219,21 +219,37 @@ class WorkerPool:
     def is_active(self, worker_id: int) -> bool:
         return self._accepting[worker_id]
 
-    def send_task(self, worker_id: int, task_id: int, indices: Any) -> None:
+    @property
+    def next_task_id(self) -> int:
+        """The id the next task submitted will have."""
+        return self._next_task_id
+
+    def submit(self, worker_id: int, indices: Any) -> int:
+        """Send a task (a batch of indices, one index, or an iterable dataset's placeholder)
+        to ``worker_id``; returns its id. It is outstanding until answered."""
+        task_id = self._next_task_id
+        self._next_task_id += 1
         released = self.slots.take_released(self._incarnation[worker_id])
         self._send(worker_id, messages.Task(task_id, indices, released))
         self.outstanding[worker_id][task_id] = indices
+        return task_id
 
-    def start_epoch(self, sample_seed: int, first_task_id: int, skip_items: list[int] | None = None) -> None:
-        """Begin a new epoch on a persistent pool; answers to older tasks will be dropped.
+    def load(self, worker_id: int) -> int:
+        """How many tasks ``worker_id`` has not answered yet (an abandoned epoch's included)."""
+        return len(self.outstanding[worker_id])
+
+    def start_epoch(self, sample_seed: int, skip_items: list[int] | None = None) -> int:
+        """Begin a new epoch on a persistent pool (NOTE [ Epochs on a persistent pool ]):
+        answers to earlier tasks will be dropped; returns the id of the epoch's first task.
         ``skip_items``: per worker, items its iterable dataset's stream skips (a resume)."""
-        self._current_floor = first_task_id
+        self._current_floor = self._next_task_id
         self._sample_seed = sample_seed
         for worker_id in range(self.num_workers):
             if self._processes[worker_id].is_alive():
                 released = self.slots.take_released(self._incarnation[worker_id])
                 skip = skip_items[worker_id] if skip_items else 0
                 self._send(worker_id, messages.StartEpoch(sample_seed, released, skip))
+        return self._current_floor
 
     def _send(self, worker_id: int, message: Any) -> None:
         try:
