@@ -18,7 +18,7 @@ import torch.utils.data
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from .collate import default_convert, is_default_collate
-from .loader_iter import EpochIterator, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
+from .loader_iter import EpochIterator, EpochSetup, InProcessIterator, LoaderIterator, PoolIterator, PoolLease
 from .pool.pool import WorkerPool
 from .pool.worker import PoolConfig
 from .prefetch import MappedIterator, transfer_stage
@@ -41,6 +41,7 @@ from .sample_errors import POLICIES, ErrorLog, OnError, SampleFailure
 from .samplers import RandomSampler, SequentialSampler, checked_count, checked_seed
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
+from .torch_private import iterable_len_reported
 
 #: Keys of torchdata's ``StatefulDataLoader.state_dict()`` (single-process and with workers)
 TORCHDATA_STATE_KEYS = frozenset({"_snapshot", "_steps_since_snapshot", "_num_yielded", "_sampler_iter_state",
@@ -419,10 +420,18 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         else:
             tasks = functools.partial(epoch_tasks, batching, resume)
             length = functools.partial(remaining_batches, batching, resume, self._index_sampler)
+        assert self._progress is not None  # the epoch _start_epoch began
+        setup = EpochSetup(
+            dataset=self.dataset, iterable=self._is_iterable, index_sampler=self._index_sampler,
+            num_workers=self.num_workers, collate_fn=self.collate_fn, auto_collation=self._auto_collation,
+            drop_last=self.drop_last, seed_per_sample=self.seed_per_sample, on_error=self.on_error,
+            timeout=self.timeout, in_order=self.in_order, prefetch_factor=self.prefetch_factor,
+            len_reported=iterable_len_reported(self), errors=self._error_log, telemetry=self._telemetry,
+            progress=self._progress, warn_once=self._warn_once)
         if self.num_workers == 0:
-            return InProcessIterator(self, sample_seed, tasks, resume, length)
+            return InProcessIterator(setup, sample_seed, tasks, resume, length)
         self.check_worker_number_rationality()
-        return PoolIterator(self, base_seed, sample_seed, tasks, resume, length, self._lease_pool)
+        return PoolIterator(setup, base_seed, sample_seed, tasks, resume, length, self._lease_pool)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the loader is: a small JSON-serialisable dict (NOTE [ Resume ]).

@@ -16,18 +16,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .fetch import SampleFetcher, SkippedTask, StreamExhausted
 from .pool.budget import batches_in_flight
 from .pool.pool import Received, WorkerPool
 from .resume import EpochProgress, Positions, ResumePoint
-from .sample_errors import ErrorLog
+from .sample_errors import ErrorLog, OnError
 from .telemetry import EpochTelemetry, collect_into
-from .torch_private import iterable_len_reported
-
-if TYPE_CHECKING:
-    from .loader import DataLoader
 
 
 @dataclass
@@ -94,6 +90,31 @@ class EpochIterator:
         return batch
 
 
+@dataclass
+class EpochSetup:
+    """What an epoch's iterator takes from its loader, which gives it (so that this module
+    never needs the loader)."""
+
+    dataset: Any
+    iterable: bool
+    index_sampler: Any
+    num_workers: int
+    collate_fn: Callable[[Any], Any]
+    auto_collation: bool
+    drop_last: bool
+    seed_per_sample: bool
+    on_error: OnError
+    timeout: float
+    in_order: bool
+    prefetch_factor: int | None
+    #: the len() reported for an IterableDataset, which yielding more warns about (torch's rule)
+    len_reported: int | None
+    errors: ErrorLog
+    telemetry: EpochTelemetry | None
+    progress: EpochProgress
+    warn_once: Callable[[str], None]
+
+
 class LoaderIterator:
     """Common part: tasks, progress, sample seed, length and the IterableDataset length check.
 
@@ -104,16 +125,16 @@ class LoaderIterator:
     how many batches the epoch has (those left, after a resume), asked only by ``len()``.
     """
 
-    def __init__(self, loader: DataLoader, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+    def __init__(self, setup: EpochSetup, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
                  resume: ResumePoint | None, length: Callable[[], int]) -> None:
-        self._dataset = loader.dataset
-        self._errors: ErrorLog = loader._error_log
-        self._telemetry: EpochTelemetry | None = loader._telemetry
-        self._progress: EpochProgress = loader._progress  # type: ignore[assignment]
-        self._iterable = loader._is_iterable
-        self._index_sampler = loader._index_sampler
-        self._len_reported = iterable_len_reported(loader)
-        self._num_workers = loader.num_workers
+        self._dataset = setup.dataset
+        self._errors = setup.errors
+        self._telemetry = setup.telemetry
+        self._progress = setup.progress
+        self._iterable = setup.iterable
+        self._index_sampler = setup.index_sampler
+        self._len_reported = setup.len_reported
+        self._num_workers = setup.num_workers
         self._make_tasks = tasks
         self._tasks: Iterator[tuple[Any, Any]] = iter(())
         self._length = length
@@ -153,18 +174,18 @@ class LoaderIterator:
 class InProcessIterator(LoaderIterator):
     """``num_workers=0``: samples are fetched and collated in the calling thread."""
 
-    def __init__(self, loader: DataLoader, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
+    def __init__(self, setup: EpochSetup, sample_seed: int, tasks: Callable[[], Iterator[tuple[Any, Any]]],
                  resume: ResumePoint | None, length: Callable[[], int]) -> None:
-        super().__init__(loader, sample_seed, tasks, resume, length)
-        self._collate_fn = loader.collate_fn
+        super().__init__(setup, sample_seed, tasks, resume, length)
+        self._collate_fn = setup.collate_fn
         self._fetcher = SampleFetcher(
             self._dataset,
             iterable=self._iterable,
-            auto_collation=loader._auto_collation,
-            drop_last=loader.drop_last,
-            seed_per_sample=loader.seed_per_sample,
+            auto_collation=setup.auto_collation,
+            drop_last=setup.drop_last,
+            seed_per_sample=setup.seed_per_sample,
             restore_rng=True,
-            on_error=loader.on_error,
+            on_error=setup.on_error,
             stream="the main process",
         )
         self._fetcher.start_epoch(self._sample_seed, self._skip_items[0] if self._skip_items else 0)
@@ -225,20 +246,20 @@ class PoolIterator(LoaderIterator):
     propagates: see NOTE [ Pool shutdown ] in ``pool/pool.py``.
     """
 
-    def __init__(self, loader: DataLoader, base_seed: int, sample_seed: int,
+    def __init__(self, setup: EpochSetup, base_seed: int, sample_seed: int,
                  tasks: Callable[[], Iterator[tuple[Any, Any]]], resume: ResumePoint | None,
                  length: Callable[[], int], lease_pool: Callable[[int, int, list[int] | None], PoolLease]) -> None:
-        super().__init__(loader, sample_seed, tasks, resume, length)
+        super().__init__(setup, sample_seed, tasks, resume, length)
         lease = lease_pool(base_seed, sample_seed, self._skip_items)
         pool = self._pool = lease.pool
         self._owns_pool = lease.owned
         self._on_pool_failure = lease.on_failure
-        self._timeout = loader.timeout if loader.timeout > 0 else None
-        self._in_order = loader.in_order
-        assert loader.prefetch_factor is not None  # torch sets it (2) when there are workers
-        self._max_outstanding = loader.prefetch_factor * pool.num_workers
+        self._timeout = setup.timeout if setup.timeout > 0 else None
+        self._in_order = setup.in_order
+        assert setup.prefetch_factor is not None  # torch sets it (2) when there are workers
+        self._max_outstanding = setup.prefetch_factor * pool.num_workers
         self._arena_checked = False
-        self._warn_once = loader._warn_once
+        self._warn_once = setup.warn_once
         # In order, workers take turns; a resumed epoch goes on with the worker whose turn was next.
         first = resume.next_stream % pool.num_workers if resume is not None else 0
         self._worker_cycle = itertools.cycle([*range(first, pool.num_workers), *range(first)])
