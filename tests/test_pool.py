@@ -10,7 +10,7 @@ import torch
 
 import fastload
 
-from .datasets import BigSamples, Ragged, Squares, record_collate
+from .datasets import BigSamples, Indices, Ragged, Squares, record_collate
 
 
 def slot_mappings() -> dict[str, tuple[int, int]]:
@@ -97,3 +97,14 @@ def test_writing_to_a_batch_does_not_corrupt_later_batches():
 def test_min_slot_bytes_must_be_positive(bad_min):
     with pytest.raises(ValueError, match="min_slot_bytes"):
         fastload.DataLoader(Squares(), num_workers=1, min_slot_bytes=bad_min)
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_persistent_loader_left_early_delivers_its_next_epoch_whole(no_leaks, in_order):
+    # The left epoch's tasks are still in the workers when the next one starts.
+    loader = fastload.DataLoader(Indices(40, slow=tuple(range(40)), delay=0.02), batch_size=2, num_workers=2,
+                                 persistent_workers=True, in_order=in_order)
+    iterator = iter(loader)
+    next(iterator)
+    del iterator
+    assert sorted(int(v) for batch in loader for v in batch.flatten()) == list(range(40))

@@ -286,12 +286,13 @@ def test_a_restarted_worker_answers_the_dead_ones_tasks(make_pool):
     assert pool.restarts == 1 and pool.processes[0].pid != dead.pid
 
 
-def test_answers_of_an_abandoned_epoch_are_dropped(make_pool):
+def test_answers_of_an_abandoned_epoch_are_dropped_and_not_counted_as_load(make_pool):
     pool = make_pool(Squares(20), workers=1)
     pool.submit(0, [0])  # the epoch is left before its answer
     first = pool.start_epoch(sample_seed=5)
-    assert first == pool.next_task_id == 1
+    assert first == pool.next_task_id == 1 and pool.load(0) == 0
     task = pool.submit(0, [7])
+    assert pool.load(0) == 1
     answer = pool.receive(timeout=30)
     assert answer.task_id == task and answer.value[1].tolist() == [7]
 

@@ -235,8 +235,10 @@ class WorkerPool:
         return task_id
 
     def load(self, worker_id: int) -> int:
-        """How many tasks ``worker_id`` has not answered yet (an abandoned epoch's included)."""
-        return len(self.outstanding[worker_id])
+        """How many of the current epoch's tasks ``worker_id`` has not answered yet (an
+        abandoned epoch's are answered and dropped, and do not count: NOTE [ Epochs on a
+        persistent pool ])."""
+        return sum(1 for task_id in self.outstanding[worker_id] if task_id >= self._current_floor)
 
     def start_epoch(self, sample_seed: int, skip_items: list[int] | None = None) -> int:
         """Begin a new epoch on a persistent pool (NOTE [ Epochs on a persistent pool ]):
