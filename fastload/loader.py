@@ -38,7 +38,7 @@ from .resume import (
     settled_from_state,
 )
 from .sample_errors import POLICIES, ErrorLog, OnError, SampleFailure
-from .samplers import RandomSampler, SequentialSampler, checked_count, checked_seed
+from .samplers import RandomSampler, SequentialSampler, checked_count, checked_seed, rank_of
 from .seeding import decode_generator_state, draw_seed, encode_generator_state, sample_seed
 from .telemetry import EpochTelemetry, LoaderStats
 from .torch_private import iterable_len_reported
@@ -331,8 +331,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             self._skip_batches = num_batches
             return self
         point = point_after_batches(batching, num_batches)
-        resumable = sampler_roles(batching).resumable
-        if sampler_roles(batching).jumps and resumable is not None:
+        roles = sampler_roles(batching)
+        resumable = roles.resumable
+        if roles.jumps and resumable is not None:
             try:
                 resumable.load_state_dict({**resumable.next_state(), "start": point.prefix})
                 point.jumped = True
@@ -683,11 +684,8 @@ def _nothing() -> None:
 
 def _rank_of(batching: Batching) -> int | None:
     """The rank of the distributed sampler that orders the epoch (or sits inside the batch sampler that does)."""
-    for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None)):
-        rank = getattr(sampler, "rank", None)
-        if isinstance(rank, int) and isinstance(getattr(sampler, "num_replicas", None), int):
-            return rank
-    return None
+    return next((rank for sampler in (batching.sampler, getattr(batching.sampler, "sampler", None))
+                 if (rank := rank_of(sampler)) is not None), None)
 
 
 #: torch's DataLoader arguments that a loader keeps as attributes of the same name

@@ -787,9 +787,14 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
                              f"sampler of {self.num_replicas} replicas, rank {self.rank}: give one or the other")
 
 
-def _ranks_of(sampler: Any) -> tuple[int, int]:
-    """``(num_replicas, rank)`` of a distributed sampler; ``(1, 0)`` for any other (or None)."""
+def rank_of(sampler: Any) -> int | None:
+    """The rank of a distributed sampler (one with whole-number ``num_replicas`` and
+    ``rank``, fastload's or torch's); None for any other sampler, or None."""
     num_replicas, rank = getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)
-    if not isinstance(num_replicas, int) or not isinstance(rank, int):
-        return 1, 0
-    return _rank_and_world(num_replicas, rank)
+    return rank if isinstance(num_replicas, int) and isinstance(rank, int) else None
+
+
+def _ranks_of(sampler: Any) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a distributed sampler, checked; ``(1, 0)`` for any other."""
+    rank = rank_of(sampler)
+    return (1, 0) if rank is None else _rank_and_world(sampler.num_replicas, rank)
