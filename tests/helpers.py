@@ -7,7 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
+
+from fastload.device import cuda_usable
+
+#: For a test that needs a GPU: skipped without one, and selected by `pytest -m cuda`
+#: (what benchmarks/gpu_check.py runs).
+def needs_cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not cuda_usable(), reason="needs a CUDA device")(test))
 
 
 def assert_same(a, b, path: str = "batch") -> None:

@@ -11,7 +11,7 @@ import torch
 import fastload
 
 from .datasets import RandomAugment, Squares
-from .helpers import assert_same
+from .helpers import assert_same, needs_cuda
 
 
 def epoch(dataset, num_workers, seed=7, **kwargs):
@@ -125,7 +125,7 @@ def test_seed_per_sample_rejects_iterable_datasets():
         fastload.DataLoader(Range(0, 4), seed_per_sample=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_seed_per_sample_in_the_main_process_gives_back_the_cuda_rng():
     torch.cuda.manual_seed_all(0)
     before = torch.cuda.get_rng_state_all()

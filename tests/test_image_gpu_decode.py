@@ -12,6 +12,8 @@ from fastload.bench.images import make_image_folder
 from fastload.image import EncodedCrop, ImageFolder, RandomResizedCropDecode
 from fastload.device import cuda_usable
 
+from .helpers import needs_cuda
+
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
@@ -47,7 +49,7 @@ def test_deferred_decode_equals_worker_decode(root):
         assert a.shape == b.shape and (a.int() - b.int()).abs().float().mean() < 0.5
 
 
-@pytest.mark.skipif(not cuda_usable(), reason="needs a CUDA device")
+@needs_cuda
 def test_gpu_decode_gives_device_batches_close_to_cpu_decode(root):
     cpu = next(iter(loader_for(root, RandomResizedCropDecode(96))))
     gpu = next(iter(loader_for(root, RandomResizedCropDecode(96, device="cuda"))))

@@ -12,9 +12,8 @@ from fastload.device import cuda_usable
 from fastload.prefetch import map_tensors
 
 from .datasets import Mixed, Squares
-from .helpers import assert_same
+from .helpers import assert_same, needs_cuda
 
-needs_cuda = pytest.mark.skipif(not cuda_usable(), reason="needs a CUDA device")
 
 
 @pytest.mark.skipif(cuda_usable(), reason="checks the fallback without CUDA")

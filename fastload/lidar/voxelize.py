@@ -1,5 +1,7 @@
 """Voxelization: a thin layer over ``fastload._ext`` (see fastload_ext/voxelize.cpp for
-the rules), taking and returning numpy arrays or torch CPU tensors without copies."""
+the rules), taking and returning numpy arrays or torch CPU tensors without copies; torch
+tensors on another device, and any tensor while ``torch.compile`` or ``torch.export``
+traces, go through the registered ops (NOTE [ Voxelization ops ] in ops.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import numpy as np
 import torch
 
 from fastload.extension import extension
+
+from . import ops
 
 #: The voxelization settings of common detectors' published configurations (OpenPCDet /
 #: mmdet3d), in :class:`Voxelizer`'s argument order (``voxel_size``, ``point_cloud_range``,
@@ -23,10 +27,14 @@ VOXELIZER_PRESETS: dict[str, tuple[list[float], list[float], int, int]] = {
 Array = Union[np.ndarray, torch.Tensor]
 
 
+def _through_op(points: Array) -> bool:
+    # Eager CPU calls skip the dispatcher (~20 us a call) and the per-point ids they did
+    # not ask for; everything else needs the op.
+    return isinstance(points, torch.Tensor) and (points.device.type != "cpu" or torch.compiler.is_compiling())
+
+
 def _as_numpy(points: Array) -> tuple[np.ndarray, bool]:
     if isinstance(points, torch.Tensor):
-        if points.device.type != "cpu":
-            raise ValueError(f"points must be on the CPU, got a tensor on {points.device}")
         return points.detach().numpy(), True
     if isinstance(points, np.ndarray):
         return points, False
@@ -54,7 +62,8 @@ class Voxelizer:
         max_voxels: voxels kept per scan (those opened first).
 
     Calling it with points ``(N, C)`` (C >= 3: x, y, z, then any features), float32 or
-    float64, numpy or torch, returns the same kind: ``voxels (M, max_points, C)`` in the
+    float64, numpy or a torch tensor on any device, returns the same kind on the same
+    device (CUDA tensors are voxelized on the GPU, bit-exact with the CPU): ``voxels (M, max_points, C)`` in the
     points' dtype, zero-padded; ``coords (M, 3)`` int32 in (z, y, x) order; ``num_points
     (M,)`` int32; with ``return_point_voxel_id``, ``point_voxel_id (N,)`` int64 (-1 for a
     point out of range or whose voxel was refused by ``max_voxels``; a point dropped only
@@ -84,6 +93,10 @@ class Voxelizer:
         return tuple(self._impl.grid_size)  # type: ignore[return-value]
 
     def __call__(self, points: Array, return_point_voxel_id: bool = False) -> tuple[Any, ...]:
+        if _through_op(points):
+            outputs = ops.hard_voxelize(points, self.voxel_size, self.point_cloud_range, self.max_points_per_voxel,
+                                        self.max_voxels)
+            return outputs if return_point_voxel_id else outputs[:3]
         array, as_torch = _as_numpy(points)
         return _returned(self._impl(array, return_point_voxel_id), as_torch)
 
@@ -104,7 +117,11 @@ def hard_voxelize(points: Array, voxel_size: Sequence[float], point_cloud_range:
 def dynamic_voxelize(points: Array, voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> tuple[Any, ...]:
     """Dynamic voxelization (no caps): ``(point_coords (N, 3) int32 zyx, a -1 row for a dropped
     point; voxel_coords (K, 3) int32, unique, in order of first appearance; point_voxel
-    (N,) int64 index into voxel_coords, -1 for a dropped point)``, numpy or torch like the input."""
+    (N,) int64 index into voxel_coords, -1 for a dropped point)``, numpy or torch like the
+    input, on the input's device."""
+    if _through_op(points):
+        return ops.dynamic_voxelize(points, _floats(voxel_size, 3, "voxel_size"),  # type: ignore[arg-type]
+                                    _floats(point_cloud_range, 6, "point_cloud_range"))
     array, as_torch = _as_numpy(points)
     native = extension("fastload.lidar.dynamic_voxelize")
     return _returned(

@@ -1,0 +1,119 @@
+"""Voxelization in torch tensor ops, on any device: the CUDA kernel of the registered ops
+(fastload/lidar/ops.py), bit-exact with the C++ voxelizer.
+
+The C++ voxelizer numbers voxels with a hash table while it streams through the points;
+that is sequential. Here the same rules (fastload_ext/voxelize.cpp) are met with sorts
+and scans, which a GPU runs in parallel:
+
+1. each point's key: its voxel's linear index ``(z * gy + y) * gx + x``, or ``OUTSIDE``
+   (larger than any index) — ``q = (p - min) / size`` in the points' dtype with the
+   float32 parameters widened to it, kept iff ``0 <= q < grid`` on every axis, then
+   truncated, which is ``floor`` for ``q >= 0`` (IEEE subtraction and division round the
+   same on every device, so the keys are the C++ ones bit for bit);
+2. a *stable* sort of the keys groups each voxel's points with their input order kept, so
+   a group's first element is the voxel's first point and a point's place in its group is
+   its row in the voxel;
+3. voxels are numbered by their first point's index (an argsort of those), which is the
+   C++ voxelizer's "order of first arrival"; the numbers from ``max_voxels`` on are
+   refused, as the C++ voxelizer refuses a voxel that would open past the cap;
+4. the points whose row is below ``max_points`` are scattered to ``voxels[number, row]``
+   (each slot written once, so the scatter is deterministic).
+
+The output sizes depend on the data, so a GPU call synchronises once to learn them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+OUTSIDE = torch.iinfo(torch.int64).max
+
+
+def voxel_keys(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+               grid: Sequence[int]) -> torch.Tensor:
+    """Each point's voxel key (int64, ``OUTSIDE`` for a point that is not kept)."""
+    # float32 first (the rules' parameters are float32), then widened to the points' dtype.
+    params = torch.tensor([*point_cloud_range[:3], *voxel_size], dtype=torch.float32)
+    params = params.to(device=points.device, dtype=points.dtype)
+    low, size = params[:3], params[3:]
+    q = (points[:, :3] - low) / size
+    bound = torch.tensor(list(grid), dtype=points.dtype, device=points.device)
+    kept = ((q >= 0) & (q < bound)).all(dim=1)
+    cells = torch.where(kept[:, None], q, torch.zeros((), dtype=q.dtype, device=q.device)).to(torch.int64)
+    gx, gy = int(grid[0]), int(grid[1])
+    keys = (cells[:, 2] * gy + cells[:, 1]) * gx + cells[:, 0]
+    return torch.where(kept, keys, torch.full_like(keys, OUTSIDE))
+
+
+class _Groups:
+    """The points grouped by key (step 2), and the groups numbered by first arrival (step 3)."""
+
+    def __init__(self, keys: torch.Tensor) -> None:
+        n = keys.numel()
+        device = keys.device
+        self.sorted_keys, self.order = torch.sort(keys, stable=True)
+        starts = torch.ones(n, dtype=torch.bool, device=device)
+        starts[1:] = self.sorted_keys[1:] != self.sorted_keys[:-1]
+        self.group_of_sorted = torch.cumsum(starts, 0) - 1  # group of each sorted position
+        self.group_start = torch.nonzero(starts).flatten()
+        self.group_keys = self.sorted_keys[self.group_start]
+        first_point = self.order[self.group_start]
+        # The OUTSIDE group (the largest key: the last group, if any) is numbered after
+        # every voxel, so that refusing numbers >= the voxel count refuses it too.
+        first_point = torch.where(self.group_keys == OUTSIDE, torch.full_like(first_point, n), first_point)
+        self.by_arrival = torch.argsort(first_point)  # groups in the order voxels open
+        self.number = torch.empty_like(self.by_arrival)
+        self.number[self.by_arrival] = torch.arange(self.by_arrival.numel(), device=device)
+        # One synchronisation: the number of voxels.
+        self.voxel_count = int(self.group_keys.numel()) - int((self.group_keys[-1:] == OUTSIDE).sum())
+
+    def point_numbers(self, limit: int) -> torch.Tensor:
+        """Each point's voxel number (int64), -1 outside or at numbers >= ``limit``."""
+        numbers = self.number[self.group_of_sorted]
+        numbers = torch.where(numbers < limit, numbers, torch.full_like(numbers, -1))
+        by_point = torch.empty_like(numbers)
+        by_point[self.order] = numbers
+        return by_point
+
+    def coordinates(self, count: int, grid: Sequence[int]) -> torch.Tensor:
+        """``(count, 3)`` int32 (z, y, x) of the first ``count`` voxels in number order."""
+        keys = self.group_keys[self.by_arrival[:count]]
+        gx, gy = int(grid[0]), int(grid[1])
+        return torch.stack([keys // (gx * gy), (keys // gx) % gy, keys % gx], dim=1).to(torch.int32)
+
+
+def hard_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+                  grid: Sequence[int], max_points_per_voxel: int,
+                  max_voxels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(voxels (M, max_points, C), coords (M, 3) int32 zyx, num_points (M,) int32,
+    point_voxel_id (N,) int64)`` on the points' device; ``grid`` is the validated grid size
+    (x, y, z) of the configuration."""
+    n, channels = points.shape
+    device = points.device
+    groups = _Groups(voxel_keys(points, voxel_size, point_cloud_range, grid))
+    count = min(groups.voxel_count, max_voxels)
+    point_voxel_id = groups.point_numbers(count)
+    # Rows: a point's place in its group (the stable sort kept input order within it).
+    sorted_numbers = point_voxel_id[groups.order]
+    row = torch.arange(n, device=device) - groups.group_start[groups.group_of_sorted]
+    placed = (sorted_numbers >= 0) & (row < max_points_per_voxel)
+    voxels = torch.zeros((count, max_points_per_voxel, channels), dtype=points.dtype, device=device)
+    voxels[sorted_numbers[placed], row[placed]] = points[groups.order[placed]]
+    sizes = torch.diff(groups.group_start, append=torch.tensor([n], device=device))
+    num_points = sizes[groups.by_arrival[:count]].clamp(max=max_points_per_voxel).to(torch.int32)
+    return voxels, groups.coordinates(count, grid), num_points, point_voxel_id
+
+
+def dynamic_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+                     grid: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(point_coords (N, 3) int32 zyx or -1s, voxel_coords (K, 3) int32 by first arrival,
+    point_voxel (N,) int64 or -1)`` on the points' device."""
+    groups = _Groups(voxel_keys(points, voxel_size, point_cloud_range, grid))
+    count = groups.voxel_count
+    point_voxel = groups.point_numbers(count)
+    voxel_coords = groups.coordinates(count, grid)
+    dropped = torch.full((1, 3), -1, dtype=torch.int32, device=points.device)
+    point_coords = torch.cat([voxel_coords, dropped])[point_voxel]  # -1 picks the dropped row
+    return point_coords, voxel_coords, point_voxel
