@@ -83,7 +83,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         device: return batches on this device. With CUDA, batches are staged through a
             pinned ring and copied on a side stream ``device_prefetch`` batches ahead;
             without CUDA, a ``"cuda"`` device falls back to CPU batches with one warning.
-        device_prefetch: how many batches the device copy runs ahead.
+        device_prefetch: how many batches the host thread (pinning, or packing into the
+            pinned ring) and the device copy run ahead (NOTE [ Host thread ]).
         batch_transform: applied to every batch in the main process, before pinning or
             the device copy: work that belongs on the GPU, e.g.
             ``RandomResizedCropDecode(..., device="cuda").finish_batch``.
@@ -385,7 +386,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             if self.batch_transform is not None:
                 batches = MappedIterator(batches, self.batch_transform)
             return transfer_stage(batches, pin_memory=self.pin_memory, device=self.device, depth=self.device_prefetch,
-                                  warn_once=self._warn_once, telemetry=self._telemetry), workers
+                                  warn_once=self._warn_once, progress=progress, telemetry=self._telemetry), workers
         except BaseException:
             self._next_epoch, self._resume, self._progress, self._error_log, self._telemetry, self.sample_root = before
             if progress.generator_state is not None and isinstance(generator, torch.Generator):

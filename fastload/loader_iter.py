@@ -81,8 +81,10 @@ class EpochIterator:
         except StopIteration:
             self._progress.finish()
             raise
-        except BaseException:
-            self._progress.lost_since(yields)  # a stage above the loader's iterator raised for its batch
+        except BaseException as exc:
+            if self._progress.accounted is not exc:
+                self._progress.lost_since(yields)  # a stage above the loader's iterator raised for its batch
+            self._progress.accounted = None
             raise
         self._progress.handed()
         if self._telemetry is not None:

@@ -1,21 +1,46 @@
-"""Moving batches towards the GPU: pinning, and a pinned ring with side-stream copies.
+"""Moving batches towards the GPU: pinning, and a pinned ring with side-stream copies,
+with the host copies on a thread of their own.
+
+NOTE [ Host thread ]
+
+Pinning a batch, or packing it into pinned memory, is a memcpy of the whole batch; done
+inside ``next(loader)`` it is time the training thread does not train (torch's loader
+pins on a thread for this reason). A :class:`HostThreadStage` runs that copy on one
+background thread, ``depth`` batches ahead of the user:
+
+* the training thread still takes every batch from the stage below (the loader's
+  iterator stays single-threaded: the pool, the resume bookkeeping, the sample seeds),
+  submits its host copy to the thread, and hands out the results in order;
+* an error keeps its place: the batches before it are handed out first. A batch whose
+  host copy failed never reaches the user and stays unsettled for resume
+  (``EpochProgress.lost_oldest``); an error from below is reported as it would be
+  without the thread (``lost_since`` at the moment it was taken);
+* the thread ends when the epoch does, when the iterator is dropped (``break``), and at
+  interpreter exit; work not started is cancelled. It holds only the batches in flight:
+  dropping them releases their shared-memory slots (NOTE [ Slot protocol ]);
+* the thread only copies host memory and, with CUDA, allocates pinned memory and waits
+  on CUDA events, on the device it is bound to. Workers are never forked while it holds
+  a lock of ours: a restarted worker is forked by the training thread, and the copy runs
+  on buffers no worker touches.
 
 NOTE [ Device prefetch ]
 
 With ``device="cuda"`` a :class:`CudaPrefetcher` keeps ``depth`` batches in flight:
 
-1. all tensor leaves of a batch are packed into one pinned staging buffer taken from a
-   ring (one host memcpy per leaf); a buffer is reused only after the CUDA event recorded
-   behind its last host-to-device copy has completed;
-2. one ``non_blocking`` copy per batch moves the staging buffer to one device buffer on
-   a side stream; the leaves the user gets are views of that device buffer;
+1. on the host thread, all tensor leaves of a batch are packed into one pinned staging
+   buffer taken from a ring (one memcpy per leaf); a buffer is reused only after the CUDA
+   event recorded behind its last host-to-device copy has completed (the host thread
+   waits for it, not the training thread);
+2. on the training thread, one ``non_blocking`` copy per batch moves the staging buffer
+   to one device buffer on a side stream, as soon as the batch is packed; the leaves the
+   user gets are views of that device buffer;
 3. when a batch is handed out, the consumer's current stream waits on the copy's
    event, and the device buffer is ``record_stream``-ed on the consumer's stream so the
    caching allocator does not reuse it before the consumer's kernels are done.
 
-With ``pin_memory=True`` and no ``device``, batches are pinned with torch's own
-``pin_memory`` (its caching host allocator reuses freed pinned blocks), as torch's
-loader does. Without CUDA both are pass-throughs and say so once.
+With ``pin_memory=True`` and no ``device``, batches are pinned on the host thread with
+torch's own ``pin_memory`` (its caching host allocator reuses freed pinned blocks), as
+torch's loader does. Without CUDA both are pass-throughs and say so once.
 """
 
 from __future__ import annotations
@@ -23,14 +48,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 import torch
 
 from .device import cuda_usable
-from .torch_private import pin_memory as torch_pin_memory
+from .resume import EpochProgress
 from .telemetry import EpochTelemetry
+from .torch_private import pin_memory as torch_pin_memory
 
 
 def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -73,110 +101,242 @@ class MappedIterator:
         return self._fn(next(self._source))
 
 
+Staged = TypeVar("Staged")
+
+
+class _Entry(Generic[Staged]):
+    """One batch on its way through a :class:`HostThreadStage`: its host work, or the
+    error that took its place; for the device prefetcher, its launched copy."""
+
+    __slots__ = ("future", "error", "launched")
+
+    def __init__(self, future: Future[Staged] | None = None, error: BaseException | None = None) -> None:
+        self.future = future  # None: an error from below, in the batch's place
+        self.error = error
+        self.launched: Any = None
+
+
+class HostThreadStage(Generic[Staged]):
+    """Runs ``host(batch)`` on a background thread ``depth`` batches ahead of the user and
+    hands out the results in the source's order. See NOTE [ Host thread ].
+
+    ``host`` must not refer to the stage (the thread's queue would keep it alive past a
+    ``break``). ``progress``: the epoch's, to report batches lost here (None: none kept).
+    ``initializer`` runs first on the thread (binding it to a CUDA device).
+    """
+
+    def __init__(self, source: Iterator[Any], host: Callable[[Any], Staged], *, depth: int,
+                 progress: EpochProgress | None, initializer: Callable[[], object] | None = None) -> None:
+        self._source = source
+        self._host = host
+        self._depth = max(1, depth)
+        self._progress = progress
+        self._pending: collections.deque[_Entry[Staged]] = collections.deque()
+        self._exhausted = False
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastload-host", initializer=initializer)
+        self._close = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
+        self._executor = executor
+
+    def __iter__(self) -> HostThreadStage[Staged]:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """End the thread (work not started is cancelled); the stage hands out nothing more."""
+        self._exhausted = True
+        self._pending.clear()
+        self._close()
+
+    def __next__(self) -> Any:
+        self._fill()
+        self._advance()
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        entry = self._pending.popleft()
+        try:
+            if entry.error is not None:
+                raise entry.error
+            return self._finish(entry)
+        except BaseException as exc:
+            if self._progress is not None:
+                if entry.future is not None:  # a batch the loader yielded, lost here
+                    self._progress.lost_oldest()
+                self._progress.accounted = exc
+            raise
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._pending) < self._depth:
+            yields = self._progress.yields if self._progress is not None else 0
+            try:
+                batch = next(self._source)
+            except StopIteration:
+                self._exhausted = True
+                return
+            except Exception as exc:  # raised in its turn, after the batches taken before it
+                if self._progress is not None:
+                    self._progress.lost_since(yields)  # a batch_transform below failed for its batch
+                self._pending.append(_Entry(error=exc))
+                return
+            except BaseException as exc:  # KeyboardInterrupt and the like: now
+                if self._progress is not None:
+                    self._progress.lost_since(yields)
+                    self._progress.accounted = exc
+                raise
+            self._pending.append(_Entry(self._executor.submit(self._host, batch)))
+
+    def _advance(self) -> None:
+        """After each fill, on the training thread: work on batches whose host part is done."""
+
+    def _finish(self, entry: _Entry[Staged]) -> Any:
+        """The batch handed out for the oldest entry (waits for its host part)."""
+        assert entry.future is not None
+        return entry.future.result()
+
+
+def _on_device(device: torch.device) -> Callable[[], object]:
+    """The host thread's initializer: make ``device`` its current one, as torch's pin thread does."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return lambda: torch.cuda.set_device(index)
+
+
+def _pinner(telemetry: EpochTelemetry | None) -> Callable[[Any], Any]:
+    def pin(batch: Any) -> Any:
+        started = time.perf_counter()
+        pinned = torch_pin_memory(batch)
+        if telemetry is not None:
+            telemetry.add_stage("pin", time.perf_counter() - started)
+        return pinned
+
+    return pin
+
+
 @dataclasses.dataclass
 class _Staging:
     buffer: torch.Tensor  # pinned uint8
     done: torch.cuda.Event | None = None
 
 
-class CudaPrefetcher:
-    """Copies batches to ``device`` ``depth`` batches ahead. See NOTE [ Device prefetch ]."""
+class _StagingRing:
+    """Pinned staging buffers: taken on the host thread, given back by the training thread
+    once the copy out of one is enqueued, reused once that copy has completed."""
 
-    _ALIGN = 256  # device views start at 256-byte boundaries, as cudaMalloc's do
+    def __init__(self) -> None:
+        self._free: collections.deque[_Staging] = collections.deque()  # appends/pops are thread-safe
 
-    def __init__(self, source: Iterator[Any], device: torch.device, depth: int,
-                 telemetry: EpochTelemetry | None = None) -> None:
-        self._source = source
-        self._telemetry = telemetry
-        self._device = device
-        self._depth = max(1, depth)
-        self._stream = torch.cuda.Stream(device=device)
-        self._ring: collections.deque[_Staging] = collections.deque()
-        self._in_flight: collections.deque[tuple[Any, torch.Tensor, torch.cuda.Event]] = collections.deque()
-        self._exhausted = False
-
-    def __iter__(self) -> CudaPrefetcher:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._source)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        while not self._exhausted and len(self._in_flight) < self._depth:
-            try:
-                batch = next(self._source)
-            except StopIteration:
-                self._exhausted = True
-                break
-            started = time.perf_counter()
-            self._in_flight.append(self._launch(batch))
-            if self._telemetry is not None:  # the host side: staging copy and enqueueing the transfer
-                self._telemetry.add_stage("h2d", time.perf_counter() - started)
-        if not self._in_flight:
-            raise StopIteration
-        batch, device_buffer, copied = self._in_flight.popleft()
-        consumer = torch.cuda.current_stream(self._device)
-        consumer.wait_event(copied)
-        if device_buffer.numel():
-            device_buffer.record_stream(consumer)
-        return batch
-
-    def _staging(self, nbytes: int) -> _Staging:
-        # The oldest buffer is the first whose copy completes; wait for it if needed.
-        if len(self._ring) > self._depth:
-            staging = self._ring.popleft()
+    def take(self, nbytes: int) -> _Staging:
+        if self._free:
+            staging = self._free.popleft()
             if staging.done is not None:
-                staging.done.synchronize()
+                staging.done.synchronize()  # on the host thread: the training thread never waits here
             if staging.buffer.numel() >= nbytes:
                 return staging
         return _Staging(torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True))
 
-    def _launch(self, batch: Any) -> tuple[Any, torch.Tensor, torch.cuda.Event]:
+    def give_back(self, staging: _Staging) -> None:
+        self._free.append(staging)
+
+
+@dataclasses.dataclass
+class _Packed:
+    """A batch whose CPU leaves sit in one pinned staging buffer, at ``offsets``."""
+
+    batch: Any
+    leaves: list[torch.Tensor]
+    offsets: list[int]
+    total: int
+    staging: _Staging
+
+
+_ALIGN = 256  # device views start at 256-byte boundaries, as cudaMalloc's do
+
+
+def _packer(ring: _StagingRing, telemetry: EpochTelemetry | None) -> Callable[[Any], _Packed]:
+    def pack(batch: Any) -> _Packed:
+        started = time.perf_counter()
         # Only CPU leaves travel: a batch_transform may already have put some on the GPU.
         leaves: list[torch.Tensor] = []
         map_tensors(batch, lambda t: leaves.append(t) if t.device.type == "cpu" else None)
         offsets, total = [], 0
         for leaf in leaves:
             offsets.append(total)
-            total += -(-leaf.numel() * leaf.element_size() // self._ALIGN) * self._ALIGN
-        staging = self._staging(total)
+            total += -(-leaf.numel() * leaf.element_size() // _ALIGN) * _ALIGN
+        staging = ring.take(total)
         for leaf, offset in zip(leaves, offsets):
             nbytes = leaf.numel() * leaf.element_size()
             staging.buffer[offset : offset + nbytes].view(leaf.dtype).view(leaf.shape).copy_(leaf)
+        if telemetry is not None:
+            telemetry.add_stage("h2d", time.perf_counter() - started)
+        return _Packed(batch, leaves, offsets, total, staging)
+
+    return pack
+
+
+class CudaPrefetcher(HostThreadStage[_Packed]):
+    """Copies batches to ``device`` ``depth`` batches ahead. See NOTE [ Device prefetch ]."""
+
+    def __init__(self, source: Iterator[Any], device: torch.device, depth: int, progress: EpochProgress | None,
+                 telemetry: EpochTelemetry | None = None) -> None:
+        self._device = device
+        self._stream = torch.cuda.Stream(device=device)
+        self._ring = _StagingRing()
+        super().__init__(source, _packer(self._ring, telemetry), depth=depth, progress=progress,
+                         initializer=_on_device(device))
+
+    def _advance(self) -> None:
+        # Enqueue the copies of the batches packed so far, in order, so that they overlap
+        # the consumer's work on earlier batches.
+        for entry in self._pending:
+            if entry.launched is not None or entry.error is not None:
+                continue
+            if entry.future is None or not entry.future.done():
+                return
+            if entry.future.exception() is None:
+                try:
+                    entry.launched = self._launch(entry.future.result())
+                except Exception as exc:  # raised in the batch's turn
+                    entry.error = exc
+
+    def _finish(self, entry: _Entry[_Packed]) -> Any:
+        if entry.launched is None:
+            assert entry.future is not None
+            entry.launched = self._launch(entry.future.result())
+        batch, device_buffer, copied = entry.launched
+        consumer = torch.cuda.current_stream(self._device)
+        consumer.wait_event(copied)
+        if device_buffer.numel():
+            device_buffer.record_stream(consumer)
+        return batch
+
+    def _launch(self, packed: _Packed) -> tuple[Any, torch.Tensor, torch.cuda.Event]:
         with torch.cuda.stream(self._stream):
-            device_buffer = torch.empty(total, dtype=torch.uint8, device=self._device)
-            device_buffer.copy_(staging.buffer[:total], non_blocking=True)
+            device_buffer = torch.empty(packed.total, dtype=torch.uint8, device=self._device)
+            device_buffer.copy_(packed.staging.buffer[: packed.total], non_blocking=True)
             copied = torch.cuda.Event()
             copied.record(self._stream)
-        staging.done = copied
-        self._ring.append(staging)
+        packed.staging.done = copied
+        self._ring.give_back(packed.staging)
         views = iter(
             device_buffer[offset : offset + leaf.numel() * leaf.element_size()].view(leaf.dtype).view(leaf.shape)
-            for leaf, offset in zip(leaves, offsets)
+            for leaf, offset in zip(packed.leaves, packed.offsets)
         )
-        return map_tensors(batch, lambda t: next(views) if t.device.type == "cpu" else t), device_buffer, copied
+        return map_tensors(packed.batch, lambda t: next(views) if t.device.type == "cpu" else t), device_buffer, copied
 
 
 def transfer_stage(source: Iterator[Any], *, pin_memory: bool, device: torch.device | None, depth: int,
-                   warn_once: Callable[[str], None], telemetry: EpochTelemetry | None = None) -> Iterator[Any]:
+                   warn_once: Callable[[str], None], progress: EpochProgress | None = None,
+                   telemetry: EpochTelemetry | None = None) -> Iterator[Any]:
     """Wrap a loader iterator with what ``pin_memory``/``device`` ask for, or pass it through."""
     if device is not None and device.type == "cuda":
         if cuda_usable():
-            return CudaPrefetcher(source, device, depth, telemetry)
+            return CudaPrefetcher(source, device, depth, progress, telemetry)
         warn_once(f"fastload: device={str(device)!r} requested but CUDA is not available; batches stay on the CPU.")
         return source
     if pin_memory:
         if cuda_usable():
-            return MappedIterator(source, torch_pin_memory if telemetry is None else _timed_pin(telemetry))
+            return HostThreadStage(source, _pinner(telemetry), depth=depth, progress=progress,
+                                   initializer=_on_device(torch.device("cuda")))
         warn_once("fastload: pin_memory=True but CUDA is not available; batches are not pinned.")
     return source
-
-
-def _timed_pin(telemetry: EpochTelemetry) -> Callable[[Any], Any]:
-    def pin(batch: Any) -> Any:
-        started = time.perf_counter()
-        pinned = torch_pin_memory(batch)
-        telemetry.add_stage("pin", time.perf_counter() - started)
-        return pinned
-
-    return pin

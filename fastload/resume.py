@@ -160,7 +160,9 @@ class EpochProgress:
 
     The loader's iterator reports each task it yields (``yielded``) or drops
     (``dropped``), in its order; ``EpochIterator`` reports each hand-out (``handed``), a
-    batch lost on its way (``lost_since``) and the end (``finish``).
+    batch lost on its way (``lost_since``) and the end (``finish``). A stage that works
+    on a thread ahead of the user reports its own losses (``lost_oldest``) and marks the
+    error it raises as ``accounted``, so that ``EpochIterator`` does not report it again.
     """
 
     def __init__(self, epoch: int, resume: ResumePoint | None, streams: int | None) -> None:
@@ -182,6 +184,8 @@ class EpochProgress:
         self._events: collections.deque[tuple[bool, Positions]] = collections.deque()
         #: tasks yielded so far (``lost_since`` compares against it)
         self.yields = 0
+        #: the error a stage raised after reporting its loss itself
+        self.accounted: BaseException | None = None
 
     def yielded(self, positions: Positions) -> None:
         self._events.append((True, positions))
@@ -195,6 +199,15 @@ class EpochProgress:
             return
         for k in range(len(self._events) - 1, -1, -1):
             if self._events[k][0]:
+                del self._events[k]
+                return
+
+    def lost_oldest(self) -> None:
+        """The oldest yielded batch not yet handed out never reached the user (a stage on a
+        thread raises each batch's error in its turn, after older batches, and may have
+        taken newer ones meanwhile); it stays unsettled."""
+        for k, (was_yielded, _) in enumerate(self._events):
+            if was_yielded:
                 del self._events[k]
                 return
 

@@ -10,8 +10,11 @@ With ``DataLoader(telemetry=True)`` every batch carries how long its stages took
   in ``fetch``;
 * ``collate``: collating and writing the batch into its shared-memory slot;
 * ``transfer``: receiving it in the main process (message, slot mapping, tensors);
-* ``pin`` and ``h2d``: pinning, and the host side of the copy to the device, where used;
-* ``wait``: how long the training loop waited in ``next(loader)``.
+* ``pin`` and ``h2d``: pinning, and packing into the pinned ring for the copy to the
+  device, where used; both run on the host thread (NOTE [ Host thread ] in prefetch.py),
+  overlapping the training loop;
+* ``wait``: how long the training loop waited in ``next(loader)``: the training
+  thread's time per batch, all it spends on loading.
 
 ``loader.stats()`` sums them over the current (or last) epoch, with percentiles, and
 gives batches/s, samples/s and the **data-stall fraction**: the share of the training
@@ -118,7 +121,7 @@ class EpochTelemetry:
     epoch: int
     records: list[BatchRecord] = field(default_factory=list)
     waits: list[tuple[float, float]] = field(default_factory=list)
-    #: pin and h2d durations, measured in the main process
+    #: pin and h2d durations, measured on the main process's host thread
     extra: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
 
     def add(self, record: BatchRecord) -> None:

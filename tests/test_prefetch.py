@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -73,3 +74,24 @@ def test_device_batches_stay_valid_while_consumer_stream_works():
 def test_pin_memory_returns_pinned_batches():
     batch = next(iter(fastload.DataLoader(Squares(), batch_size=4, num_workers=2, pin_memory=True)))
     assert batch[0].is_pinned() and batch[1].is_pinned()
+
+
+@needs_cuda
+@pytest.mark.parametrize("kwargs", [dict(pin_memory=True), dict(device="cuda", device_prefetch=3)])
+def test_pinning_and_packing_run_off_the_training_thread_and_resume_exactly(kwargs):
+    # The host thread (NOTE [ Host thread ]) does the pinning or packing, and telemetry
+    # times it apart from the training thread's wait. A state taken mid-epoch resumes
+    # with exactly the rest.
+    loader = fastload.DataLoader(Squares(64), batch_size=4, num_workers=2, telemetry=True, **kwargs)
+    seen, iterator = [], iter(loader)
+    for _ in range(5):
+        seen.append(next(iterator)[1].cpu())
+    assert any(t.name.startswith("fastload-host") for t in threading.enumerate())
+    state = loader.state_dict()
+    stages = loader.stats().stages
+    assert ("pin" if kwargs.get("pin_memory") else "h2d") in stages and "wait" in stages
+    del iterator
+    resumed = fastload.DataLoader(Squares(64), batch_size=4, num_workers=2, **kwargs)
+    resumed.load_state_dict(state)
+    rest = [labels.cpu() for _, labels, _ in resumed]
+    assert torch.cat(seen + rest).tolist() == list(range(64))
