@@ -105,6 +105,7 @@ def test_lidar_baselines_voxelize_like_fastload():
 
 
 def test_lidar_scenario_on_a_users_scans(tmp_path):
+    from fastload.bench.lidar import spconv_available
     from fastload.lidar.synthetic import write_scan_folder
 
     root = write_scan_folder(str(tmp_path / "velodyne"), 4, beams=32, azimuth_steps=900)
@@ -119,3 +120,9 @@ def test_lidar_scenario_on_a_users_scans(tmp_path):
     assert f"{root}: 4 scans" in result.stdout and "scans/s" in result.stdout
     table = [line for line in result.stdout.splitlines() if "fastload / copy" in line]
     assert [line.split()[1] for line in table] == ["PointPillars", "SECOND", "CenterPoint"]
+    latency = [line for line in result.stdout.splitlines() if " ms (" in line and "of the budget at p99" in line]
+    assert [line.split()[1] for line in latency] == ["fastload", "spconv" if spconv_available() else "numpy"]
+    for line in latency:  # p50 <= p99 <= max, all positive
+        p50, p99, top = (float(v) for v in line.split()[2:7:2])
+        assert 0 < p50 <= p99 <= top
+    assert "over 8 scans, against the 100 ms real-time budget" in result.stdout

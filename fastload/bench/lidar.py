@@ -1,4 +1,5 @@
-"""The lidar scenario's pieces: baseline voxelizers and the single-scan voxelizer table.
+"""The lidar scenario's pieces: baseline voxelizers, the per-scan latency lines and the
+single-scan voxelizer table.
 
 Baselines, for a torch ``DataLoader`` to run in its workers: spconv 2.x's CPU
 ``PointToVoxel`` (the de-facto standard), or where spconv is not installed a vectorized
@@ -9,6 +10,7 @@ give the same voxels as fastload's (tested), so the loaders do the same work.
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastload.lidar import VOXELIZER_PRESETS, Voxelizer
+from fastload.collate import VoxelCollator
+from fastload.device import cuda_usable
+from fastload.lidar import (VOXELIZER_PRESETS, LidarDataset, RandomFlip, RandomRotation, RandomScaling, ShufflePoints,
+                            Voxelizer)
+from fastload.prefetch import map_tensors
 
 #: the report's name of each preset: its configuration, as Voxelizer takes it
 CONFIGS = {label: VOXELIZER_PRESETS[preset] for preset, label in (
@@ -84,6 +90,61 @@ class NumpyVoxelizer:
         coords = xyz[first[opened]][:, ::-1].astype(np.int32)
         counts = np.minimum(np.bincount(voxel[voxel < m], minlength=m), self.max_points).astype(np.int32)
         return voxels, coords, counts
+
+
+#: a real-time lidar stack's budget for one scan (a 10 Hz sensor gives one scan each 100 ms)
+LATENCY_TARGET_MS = 100.0
+
+
+def augmentations() -> list[Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The training augmentations of the latency lines (OpenPCDet's usual global ones)."""
+    return [RandomFlip(), RandomRotation(), RandomScaling(), ShufflePoints()]
+
+
+def latency_lines(root: str | os.PathLike[str], rounds: int) -> list[str]:
+    """Lines of per-scan latency: read + augment + voxelize (PointPillars) + collate, and
+    the copy to the GPU where there is one, one scan at a time on one thread, for fastload
+    and the baseline voxelizer on the same scans with the same augmentation draws
+    (alternating scan by scan). p50 / p99 / max over ``rounds`` passes, against
+    :data:`LATENCY_TARGET_MS`."""
+    config = CONFIGS["PointPillars (KITTI)"]
+    baseline_name, baseline = (("spconv", SpconvVoxelizer(*config)) if spconv_available()
+                               else ("numpy", NumpyVoxelizer(*config)))
+    datasets = {"fastload": LidarDataset(root, transforms=augmentations(), voxelizer=Voxelizer(*config)),
+                baseline_name: LidarDataset(root, transforms=augmentations(), voxelizer=baseline)}
+    collate = VoxelCollator()
+    device = torch.device("cuda") if cuda_usable() else None
+    times: dict[str, list[float]] = {name: [] for name in datasets}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for round_ in range(rounds + 1):  # the first pass warms the caches and is not counted
+            for index in range(len(datasets["fastload"])):
+                for name, dataset in datasets.items():
+                    torch.manual_seed(index)
+                    start = time.perf_counter()
+                    batch = collate([dataset[index]])
+                    if device is not None:
+                        batch = map_tensors(batch, lambda t: t.to(device))
+                        torch.cuda.synchronize(device)
+                    if round_:
+                        times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    stages = "read + augment + voxelize + collate" + (" + copy to the GPU" if device is not None else "")
+    lines = [f"lidar: per-scan latency ({stages}; PointPillars; one thread), ms p50 / p99 / max over "
+             f"{len(times['fastload'])} scans, against the {LATENCY_TARGET_MS:.0f} ms real-time budget:"]
+    for name, values in times.items():
+        p50, p99 = _percentile(values, 50), _percentile(values, 99)
+        lines.append(f"lidar:   {name:<9} {p50:.2f} / {p99:.2f} / {max(values):.2f} ms "
+                     f"({p99 / LATENCY_TARGET_MS:.1%} of the budget at p99)")
+    lines.append(f"lidar:   {baseline_name} / fastload at p50 {_percentile(times[baseline_name], 50) / _percentile(times['fastload'], 50):.2f}x, "
+                 f"at p99 {_percentile(times[baseline_name], 99) / _percentile(times['fastload'], 99):.2f}x")
+    return lines
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
 
 
 def voxelizer_table(scan: np.ndarray, rounds: int, burst: int = 8) -> list[str]:

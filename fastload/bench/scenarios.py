@@ -244,6 +244,7 @@ def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
         baseline_name: Contender(tud.DataLoader(torch_dataset, **kwargs)),
         "fastload": Contender(fastload.DataLoader(fastload_dataset, telemetry=True, **kwargs)),
     }
+    latency = lidar.latency_lines(root, rounds=2)
     table = lidar.voxelizer_table(read_point_cloud(os.path.join(root, scans.name(0))).points, rounds=max(4, config.repeats))
     scans_per_batch = len(fastload_dataset) / math.ceil(len(fastload_dataset) / config.batch_size)
 
@@ -251,7 +252,7 @@ def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
         per_s = ", ".join(f"{name} {rate * scans_per_batch:.1f}" for name, rate in rates.items())
         summary = (f"lidar: {root}: {len(scans)} scans x {LIDAR_EPOCH_PASSES} per epoch, read and voxelized "
                    f"(PointPillars, KITTI) in the workers; scans/s: {per_s}")
-        return [summary, *table]
+        return [summary, *latency, *table]
 
     return ScenarioSetup(contenders, report)
 
@@ -277,7 +278,8 @@ SCENARIOS: dict[str, Scenario] = {
     "lidar": Scenario(
         "lidar",
         f"{LIDAR_SCANS} generated 64-beam scans (or --scans DIR) read and voxelized for PointPillars in the "
-        "workers: torch + spconv (numpy without spconv) vs fastload; then the single-scan voxelizer table "
+        "workers: torch + spconv (numpy without spconv) vs fastload; then per-scan latency p50/p99 (read, "
+        "augment, voxelize, collate) against the 100 ms budget, and the single-scan voxelizer table "
         "(fastload, spconv, numpy, copy) for PointPillars, SECOND and CenterPoint",
         None,
         _lidar,
