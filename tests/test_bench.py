@@ -126,3 +126,16 @@ def test_lidar_scenario_on_a_users_scans(tmp_path):
         p50, p99, top = (float(v) for v in line.split()[2:7:2])
         assert 0 < p50 <= p99 <= top
     assert "over 8 scans, against the 100 ms real-time budget" in result.stdout
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0():
+    import pytest
+
+    from fastload.device import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("this machine has a GPU: gpu_check runs its checks")
+    result = subprocess.run([sys.executable, os.path.join("benchmarks", "gpu_check.py")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and "no CUDA device here" in result.stdout

@@ -13,6 +13,8 @@ from fastload.bench.images import make_image_folder
 from fastload.image import ImageFolder, RandomResizedCropDecode
 from fastload.image.dali import DaliImageLoader, dali_available
 
+from .helpers import needs_cuda
+
 pytestmark = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 
 
@@ -78,3 +80,17 @@ def test_bad_arguments():
         DaliImageLoader([], 4)
     with pytest.raises(ValueError, match="shard_id"):
         DaliImageLoader([("x.jpg", 0)], 4, shard_id=2, num_shards=2)
+
+
+@needs_cuda
+def test_the_gpu_pipeline_decodes_with_nvjpeg_onto_the_gpu(folder):
+    gpu = DaliImageLoader(folder, 8, device="gpu")
+    cpu = DaliImageLoader(folder, 8, device="cpu")
+    assert gpu.device == "gpu"
+    gpu_batches, cpu_batches = list(gpu), list(cpu)
+    assert len(gpu_batches) == len(cpu_batches)
+    for (images, labels), (cpu_images, cpu_labels) in zip(gpu_batches, cpu_batches):
+        assert images.device.type == "cuda" and images.dtype == cpu_images.dtype
+        assert images.shape == cpu_images.shape
+    assert sorted(torch.cat([labels.cpu() for _, labels in gpu_batches]).tolist()) == \
+        sorted(torch.cat([labels.cpu() for _, labels in cpu_batches]).tolist())

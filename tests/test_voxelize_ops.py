@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import fastload.lidar
 from fastload.lidar import VOXELIZER_PRESETS, Voxelizer, dynamic_voxelize
 from fastload.lidar import tensor_voxelize
 from fastload.lidar.synthetic import make_scan
