@@ -28,8 +28,8 @@ def render(report: dict[str, Any]) -> str:
         f"torch {env['torch']}, torchvision {env['torchvision']}, {env['pillow']}, DALI {env['dali']}, "
         f"spconv {env['spconv']}; {report['workers']} workers, {report['repeats']} interleaved repeats per loader.",
         "",
-        "| scenario | loader | batches/s median (min–max) | vs baseline min / median | notes |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| scenario | loader | batches/s median (min–max) | vs baseline min / median | CPU ms/sample (vs baseline) | notes |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for scenario, data in report["scenarios"].items():
         for name, loader in data["loaders"].items():
@@ -39,7 +39,12 @@ def render(report: dict[str, Any]) -> str:
             notes = ", ".join(f"{k} {v}" for k, v in loader["notes"].items())
             if loader.get("stall_fraction") is not None:
                 notes = ", ".join(filter(None, [notes, f"data stall {loader['stall_fraction']:.0%}"]))
-            lines.append(f"| {scenario} (batch {data['batch_size']}) | {name} | {rate} | {ratio} | {notes} |")
+            cpu = "–"
+            if "cpu_ms_per_sample_median" in loader:
+                cpu = f"{loader['cpu_ms_per_sample_median']:.3f}"
+                if "cpu_vs_baseline" in loader:
+                    cpu += f" ({loader['cpu_vs_baseline']:.2f}×)"
+            lines.append(f"| {scenario} (batch {data['batch_size']}) | {name} | {rate} | {ratio} | {cpu} | {notes} |")
     lines.append("")
     for data in report["scenarios"].values():
         lines += [f"- {note}" for note in data["notes"]]

@@ -22,6 +22,8 @@ def test_bench_prints_table_and_writes_nothing(tmp_path):
     assert "overhead: telemetry on / off (fastload+telemetry / fastload, repeat by repeat): " in result.stdout
     assert float(rows["torch"][2]) > 0 and float(rows["fastload"][2]) > 0
     assert rows["fastload"][5].endswith("x")  # min ratio column
+    # CPU ms per sample (main process + workers) and its ratio to torch's
+    assert float(rows["torch"][6]) > 0 and float(rows["fastload"][10]) > 0 and rows["fastload"][11].endswith("x")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -38,6 +40,7 @@ def test_json_and_plot_are_written_when_asked(tmp_path):
     overhead = report["scenarios"]["overhead"]
     assert overhead["baseline"] == "torch" and len(overhead["loaders"]["fastload"]["batches_per_s"]) == 2
     assert overhead["loaders"]["fastload"]["vs_baseline"]["median"] > 0
+    assert len(overhead["loaders"]["torch"]["cpu_ms_per_sample"]) == 2 and overhead["loaders"]["fastload"]["cpu_vs_baseline"] > 0
     assert {"fetch", "collate", "transfer", "wait"} <= set(overhead["loaders"]["fastload+telemetry"]["stages_ms_per_batch"])
     assert report["scenarios"]["text"]["loaders"]["fastload+bucket"]["notes"]["padding"].endswith("%")
     png = (tmp_path / "bench.png").read_bytes()
@@ -51,6 +54,19 @@ def test_json_and_plot_are_written_when_asked(tmp_path):
     text = readme.read_text()
     assert f"{report['environment']['cores']} cores" in text and "| overhead (batch 64) | fastload+telemetry |" in text
     assert "- overhead: telemetry on / off" in text and text.count("<!-- performance:") == 2
+    assert "CPU ms/sample (vs baseline)" in text and "×) |" in text
+
+
+def test_cpu_time_counts_the_workers_and_the_children_they_reaped():
+    from fastload.bench.cpu_time import tree_cpu_seconds
+
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+    before = tree_cpu_seconds()
+    # a child that burns 0.6 s and a grandchild (reaped by the child) that burns 0.6 s
+    subprocess.run([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])\n{burn}"],
+                   check=True, timeout=60)
+    used = tree_cpu_seconds() - before
+    assert 1.2 <= used < 3.0
 
 
 def test_text_scenario_reports_padding_and_bucketing_cuts_it():

@@ -67,10 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             batch_sizes[name] = args.batch_size or scenario.default_batch_size
             config = BenchConfig(batch_size=batch_sizes[name], workers=args.workers, data=args.data, scans=args.scans,
                                  scratch=scratch, repeats=args.repeats)
-            setup = scenario.build(config, args.batches or scenario.default_batches)
+            batches = args.batches or scenario.default_batches
+            setup = scenario.build(config, batches)
+            epoch_samples = setup.epoch_samples if batches is None else None
+
+            def samples(count: int, size: int = batch_sizes[name], epoch: int | None = epoch_samples) -> int:
+                return epoch if epoch is not None else count * size
+
             try:
-                results[name] = run_scenario(setup.contenders, batches=args.batches or scenario.default_batches,
-                                             scenario=name, repeats=args.repeats, progress=bar.update)
+                results[name] = run_scenario(setup.contenders, batches=batches, scenario=name, repeats=args.repeats,
+                                             progress=bar.update, samples=samples)
             finally:
                 setup.close()
             notes += setup.report({n: statistics.median(m.batches_per_s) for n, m in results[name].items()})

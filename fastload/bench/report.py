@@ -14,9 +14,16 @@ def ratio_stats(contender: Measurement, baseline: Measurement) -> tuple[float, f
     return min(ratios), statistics.median(ratios), max(ratios)
 
 
+def cpu_ratio(contender: Measurement, baseline: Measurement) -> float | None:
+    """Median CPU time per sample of ``contender`` over ``baseline``'s (None if unmeasured)."""
+    if not contender.cpu_ms_per_sample or not baseline.cpu_ms_per_sample:
+        return None
+    return statistics.median(contender.cpu_ms_per_sample) / statistics.median(baseline.cpu_ms_per_sample)
+
+
 def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, batch_sizes: dict[str, int]) -> str:
     header = (f"{'scenario':<9} {'loader':<32} {'batches/s median':>16} {'min':>8} {'max':>8}   "
-              f"{'vs torch min / median / max':<28} notes")
+              f"{'vs torch min / median / max':<28} {'CPU ms/sample':>13} {'vs torch':>8}  notes")
     sizes = ", ".join(f"{scenario} {size}" for scenario, size in batch_sizes.items())
     lines = [f"workers={workers}; batch size: {sizes}", header, "-" * len(header)]
     for scenario, by_loader in results.items():
@@ -29,6 +36,9 @@ def format_table(results: dict[str, dict[str, Measurement]], *, workers: int, ba
             else:
                 lo, med, hi = ratio_stats(m, baseline)
                 row += f"{f'{lo:.2f}x / {med:.2f}x / {hi:.2f}x':<28}"
+            cpu = cpu_ratio(m, baseline)
+            row += f" {statistics.median(m.cpu_ms_per_sample):>13.3f}" if m.cpu_ms_per_sample else f" {'-':>13}"
+            row += f" {'' if m is baseline else '-' if cpu is None else f'{cpu:.2f}x':>8}  "
             row += " ".join(f"{k} {v}" for k, v in m.notes.items())
             lines.append(row.rstrip())
     # Where a scenario has several torch baselines (stock Pillow, Pillow-SIMD), the ratio
@@ -58,9 +68,15 @@ def to_json(results: dict[str, dict[str, Measurement]], *, notes: list[str], wor
                 "max": max(m.batches_per_s),
                 "notes": m.notes,
             }
+            if m.cpu_ms_per_sample:
+                entry["cpu_ms_per_sample"] = m.cpu_ms_per_sample
+                entry["cpu_ms_per_sample_median"] = statistics.median(m.cpu_ms_per_sample)
             if m is not baseline:
                 lo, med, hi = ratio_stats(m, baseline)
                 entry["vs_baseline"] = {"min": lo, "median": med, "max": hi}
+                cpu = cpu_ratio(m, baseline)
+                if cpu is not None:
+                    entry["cpu_vs_baseline"] = cpu
             if m.stages_ms:
                 entry["stages_ms_per_batch"] = m.stages_ms
                 entry["stall_fraction"] = m.stall_fraction

@@ -107,6 +107,9 @@ class ScenarioSetup:
     close: Callable[[], None] = lambda: None
     #: (a, b, what): print a's batches/s over b's, repeat by repeat, as "what"
     compare: list[tuple[str, str, str]] = field(default_factory=list)
+    #: samples in one epoch, for scenarios timed an epoch at a time (its last batch may be
+    #: short); other runs hold batches x batch size
+    epoch_samples: int | None = None
 
 
 @dataclass
@@ -216,7 +219,7 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
             lines.append("image: Pillow-SIMD is not installed, so torch's baseline ran on stock Pillow only")
         return lines
 
-    return ScenarioSetup(contenders, report, lambda: [close() for close in closers])
+    return ScenarioSetup(contenders, report, lambda: [close() for close in closers], epoch_samples=epoch_images)
 
 
 LIDAR_SCANS = 32
@@ -254,7 +257,7 @@ def _lidar(config: BenchConfig, batches: int | None) -> ScenarioSetup:
                    f"(PointPillars, KITTI) in the workers; scans/s: {per_s}")
         return [summary, *latency, *table]
 
-    return ScenarioSetup(contenders, report)
+    return ScenarioSetup(contenders, report, epoch_samples=len(fastload_dataset))
 
 
 SCENARIOS: dict[str, Scenario] = {
