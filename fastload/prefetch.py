@@ -6,7 +6,7 @@ NOTE [ Host thread ]
 Pinning a batch, or packing it into pinned memory, is a memcpy of the whole batch; done
 inside ``next(loader)`` it is time the training thread does not train (torch's loader
 pins on a thread for this reason). A :class:`HostThreadStage` runs that copy on one
-background thread, ``depth`` batches ahead of the user:
+background thread, with ``depth`` batches in work while the user holds one:
 
 * the training thread still takes every batch from the stage below (the loader's
   iterator stays single-threaded: the pool, the resume bookkeeping, the sample seeds),
@@ -15,9 +15,12 @@ background thread, ``depth`` batches ahead of the user:
   host copy failed never reaches the user and stays unsettled for resume
   (``EpochProgress.lost_oldest``); an error from below is reported as it would be
   without the thread (``lost_since`` at the moment it was taken);
-* the thread ends when the epoch does, when the iterator is dropped (``break``), and at
-  interpreter exit; work not started is cancelled. It holds only the batches in flight:
-  dropping them releases their shared-memory slots (NOTE [ Slot protocol ]);
+* the thread ends when the epoch does and when the iterator is dropped (``break``), at
+  once and without the garbage collector's help: it holds no reference to the stage, and
+  the stage keeps no error whose traceback holds the stage. Work not started is
+  dropped. It is a daemon thread (torch's pin thread is one too): it never delays
+  interpreter exit. It holds only the batches in work; dropping them releases their
+  shared-memory slots (NOTE [ Slot protocol ]);
 * the thread only copies host memory and, with CUDA, allocates pinned memory and waits
   on CUDA events, on the device it is bound to. Workers are never forked while it holds
   a lock of ours: a restarted worker is forked by the training thread, and the copy runs
@@ -47,10 +50,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -104,38 +108,107 @@ class MappedIterator:
 Staged = TypeVar("Staged")
 
 
+class _Job(Generic[Staged]):
+    """One batch's host work, done on the host thread once ``finished`` is set: then
+    ``result``, or the ``error`` it raised."""
+
+    __slots__ = ("batch", "result", "error", "finished")
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+        self.result: Staged | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+
+def _host_loop(jobs: queue.SimpleQueue[_Job[Any] | None], stop: threading.Event, host: Callable[[Any], Any],
+               initializer: Callable[[], object] | None) -> None:
+    """The host thread. It holds no reference to the stage, so dropping the stage stops it."""
+    failed: BaseException | None = None
+    if initializer is not None:
+        try:
+            initializer()
+        except BaseException as exc:  # every batch then fails with it, in its turn
+            failed = exc
+    while not stop.is_set():
+        job = jobs.get()
+        if job is None or stop.is_set():
+            return
+        try:
+            if failed is not None:
+                raise failed
+            job.result = host(job.batch)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.batch = None  # the input (slot-backed tensors) is released as soon as it is copied
+            job.finished.set()
+            job = None
+
+
+def _take_each(source: Iterator[Any]) -> Iterator[tuple[Any, BaseException | None]]:
+    """``(batch, None)`` for each batch of ``source``, ``(None, error)`` in the place of an
+    error, which does not end it. The stage takes batches through this generator so that
+    an error it keeps for its turn has a traceback that starts here: a suspended
+    generator's frame has no caller, so the traceback does not reach the stage's frames
+    (which hold the stage: a cycle that would keep the stage, its thread, its batches
+    and the pool below until the garbage collector runs)."""
+    while True:
+        try:
+            batch = next(source)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            yield None, exc
+        else:
+            yield batch, None
+            del batch
+
+
+def _stop_host_thread(jobs: queue.SimpleQueue[_Job[Any] | None], stop: threading.Event) -> None:
+    stop.set()
+    jobs.put(None)
+
+
 class _Entry(Generic[Staged]):
-    """One batch on its way through a :class:`HostThreadStage`: its host work, or the
-    error that took its place; for the device prefetcher, its launched copy."""
+    """One batch on its way through a :class:`HostThreadStage`: its host job, or the
+    error from below that took its place; for the device prefetcher, its launched copy."""
 
-    __slots__ = ("future", "error", "launched")
+    __slots__ = ("job", "error", "launched")
 
-    def __init__(self, future: Future[Staged] | None = None, error: BaseException | None = None) -> None:
-        self.future = future  # None: an error from below, in the batch's place
+    def __init__(self, job: _Job[Staged] | None = None, error: BaseException | None = None) -> None:
+        self.job = job  # None: an error from below, in the batch's place
         self.error = error
         self.launched: Any = None
 
 
 class HostThreadStage(Generic[Staged]):
-    """Runs ``host(batch)`` on a background thread ``depth`` batches ahead of the user and
-    hands out the results in the source's order. See NOTE [ Host thread ].
+    """Runs ``host(batch)`` on a background thread, with up to ``depth`` batches in work
+    while the user holds one, and hands out the results in the source's order. See
+    NOTE [ Host thread ].
 
-    ``host`` must not refer to the stage (the thread's queue would keep it alive past a
+    ``host`` must not refer to the stage (the thread would keep it alive past a
     ``break``). ``progress``: the epoch's, to report batches lost here (None: none kept).
     ``initializer`` runs first on the thread (binding it to a CUDA device).
+
+    The thread is a daemon, like torch's pin thread: it never holds up interpreter exit,
+    and a training loop on a thread other than the main one keeps its loader working
+    after the main thread has finished.
     """
 
     def __init__(self, source: Iterator[Any], host: Callable[[Any], Staged], *, depth: int,
                  progress: EpochProgress | None, initializer: Callable[[], object] | None = None) -> None:
         self._source = source
-        self._host = host
+        self._taken = _take_each(source)
         self._depth = max(1, depth)
         self._progress = progress
         self._pending: collections.deque[_Entry[Staged]] = collections.deque()
         self._exhausted = False
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastload-host", initializer=initializer)
-        self._close = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
-        self._executor = executor
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        stop = threading.Event()
+        threading.Thread(target=_host_loop, args=(self._jobs, stop, host, initializer), name="fastload-host",
+                         daemon=True).start()
+        self._close = weakref.finalize(self, _stop_host_thread, self._jobs, stop)
 
     def __iter__(self) -> HostThreadStage[Staged]:
         return self
@@ -144,7 +217,7 @@ class HostThreadStage(Generic[Staged]):
         return len(self._source)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        """End the thread (work not started is cancelled); the stage hands out nothing more."""
+        """End the thread (work not started is dropped); the stage hands out nothing more."""
         self._exhausted = True
         self._pending.clear()
         self._close()
@@ -155,45 +228,68 @@ class HostThreadStage(Generic[Staged]):
         if not self._pending:
             self.close()
             raise StopIteration
-        entry = self._pending.popleft()
+        entry: _Entry[Staged] | None = self._pending.popleft()
         try:
+            assert entry is not None
             if entry.error is not None:
                 raise entry.error
             return self._finish(entry)
         except BaseException as exc:
             if self._progress is not None:
-                if entry.future is not None:  # a batch the loader yielded, lost here
+                if entry is not None and entry.job is not None:  # a batch the loader yielded, lost here
                     self._progress.lost_oldest()
                 self._progress.accounted = exc
             raise
+        finally:
+            entry = None  # the error's traceback holds this frame: no cycle through the entry
 
     def _fill(self) -> None:
-        while not self._exhausted and len(self._pending) < self._depth:
+        # The user holds one batch; `depth` more are in work.
+        while not self._exhausted and len(self._pending) <= self._depth:
             yields = self._progress.yields if self._progress is not None else 0
-            try:
-                batch = next(self._source)
-            except StopIteration:
+            taken = next(self._taken, None)
+            if taken is None:
                 self._exhausted = True
                 return
-            except Exception as exc:  # raised in its turn, after the batches taken before it
+            batch, error = taken
+            del taken
+            if error is not None:
                 if self._progress is not None:
                     self._progress.lost_since(yields)  # a batch_transform below failed for its batch
-                self._pending.append(_Entry(error=exc))
+                if not isinstance(error, Exception):  # KeyboardInterrupt and the like: now
+                    if self._progress is not None:
+                        self._progress.accounted = error
+                    try:
+                        raise error
+                    finally:
+                        error = None
+                self._pending.append(_Entry(error=error))  # raised in its turn, after the batches before it
                 return
-            except BaseException as exc:  # KeyboardInterrupt and the like: now
-                if self._progress is not None:
-                    self._progress.lost_since(yields)
-                    self._progress.accounted = exc
-                raise
-            self._pending.append(_Entry(self._executor.submit(self._host, batch)))
+            job: _Job[Staged] = _Job(batch)
+            del batch
+            self._jobs.put(job)
+            self._pending.append(_Entry(job))
 
     def _advance(self) -> None:
         """After each fill, on the training thread: work on batches whose host part is done."""
 
+    @staticmethod
+    def _host_result(entry: _Entry[Staged]) -> Staged:
+        """The entry's host result, once done (raises the host work's error)."""
+        job = entry.job
+        assert job is not None
+        job.finished.wait()
+        error, job.error = job.error, None  # raised once; the job must not keep it (a cycle through its traceback)
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
+        return job.result  # type: ignore[return-value]
+
     def _finish(self, entry: _Entry[Staged]) -> Any:
         """The batch handed out for the oldest entry (waits for its host part)."""
-        assert entry.future is not None
-        return entry.future.result()
+        return self._host_result(entry)
 
 
 def _on_device(device: torch.device) -> Callable[[], object]:
@@ -287,23 +383,24 @@ class CudaPrefetcher(HostThreadStage[_Packed]):
 
     def _advance(self) -> None:
         # Enqueue the copies of the batches packed so far, in order, so that they overlap
-        # the consumer's work on earlier batches.
+        # the consumer's work on earlier batches. A failure here is left to the batch's
+        # turn (_finish launches it again and raises), so no error is kept.
         for entry in self._pending:
             if entry.launched is not None or entry.error is not None:
                 continue
-            if entry.future is None or not entry.future.done():
+            job = entry.job
+            if job is None or not job.finished.is_set() or job.error is not None:
                 return
-            if entry.future.exception() is None:
-                try:
-                    entry.launched = self._launch(entry.future.result())
-                except Exception as exc:  # raised in the batch's turn
-                    entry.error = exc
+            try:
+                entry.launched = self._launch(job.result)  # type: ignore[arg-type]
+            except Exception:
+                return
 
     def _finish(self, entry: _Entry[_Packed]) -> Any:
         if entry.launched is None:
-            assert entry.future is not None
-            entry.launched = self._launch(entry.future.result())
+            entry.launched = self._launch(self._host_result(entry))
         batch, device_buffer, copied = entry.launched
+        entry.launched = None
         consumer = torch.cuda.current_stream(self._device)
         consumer.wait_event(copied)
         if device_buffer.numel():

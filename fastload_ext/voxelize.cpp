@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 // The per-point passes are written to vectorize; on x86-64 a second copy for AVX2 (twice
 // the lanes of the SSE2 baseline, wider copies) is chosen when the module loads (function
@@ -58,8 +57,9 @@ std::string VoxelGridSpec::init(const float voxel_size_xyz[3], const float range
              std::to_string(range_min[d]) + ", " + std::to_string(range_max[d]) + "]";
     }
     const float cells = std::round((range_max[d] - range_min[d]) / voxel_size[d]);
-    if (!(cells >= 1.0f) || cells > static_cast<float>(std::numeric_limits<std::int32_t>::max())) {
-      return std::string("the grid must have between 1 and 2^31 cells per axis; axis ") + axis[d] + " has " +
+    // 2^31 itself does not fit an int32 (and float(INT32_MAX) rounds up to it): compare below it.
+    if (!(cells >= 1.0f) || !(cells < 2147483648.0f)) {
+      return std::string("the grid must have between 1 and 2^31 - 1 cells per axis; axis ") + axis[d] + " has " +
              std::to_string(cells);
     }
     grid[d] = static_cast<int>(cells);

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -101,7 +103,7 @@ def test_batches_come_in_order_and_the_host_work_runs_off_the_training_thread():
 
 
 @pytest.mark.parametrize("depth", [1, 2, 4])
-def test_the_stage_takes_at_most_depth_batches_ahead_of_the_user(depth):
+def test_the_stage_works_on_depth_batches_while_the_user_holds_one(depth):
     progress = EpochProgress(0, None, None)
     source = Source(progress, 20)
     stage = HostThreadStage(source, lambda k: k, depth=depth, progress=progress)
@@ -110,7 +112,7 @@ def test_the_stage_takes_at_most_depth_batches_ahead_of_the_user(depth):
     for _ in iterator:
         handed += 1
         ahead.append(source.next - handed)
-    assert handed == 20 and max(ahead) == depth - 1
+    assert handed == 20 and max(ahead) == depth
 
 
 def test_errors_keep_their_place_and_lost_batches_stay_unsettled_like_without_the_thread():
@@ -160,6 +162,57 @@ def test_the_thread_ends_with_the_epoch_and_when_the_iterator_is_dropped():
     gc.collect()
     assert wait_until(lambda: len(host_threads()) == before, 5)
     assert len(started) <= 3  # the one running when dropped finished; the rest never started
+
+
+@pytest.mark.parametrize("where", ["host", "below", "below, still pending"])
+def test_after_an_error_a_dropped_iterator_ends_its_thread_without_the_garbage_collector(where):
+    # An error kept by the stage, or raised through its frames, must not tie the stage in
+    # a reference cycle: its thread and its batches would live until a collection.
+    before = len(host_threads())
+    gc.disable()
+    try:
+        progress = EpochProgress(0, None, None)
+        source = Source(progress, 10, fails_below=[1] if where.startswith("below") else [])
+        stage = HostThreadStage(source, host_for({1} if where == "host" else set(), {}, set()), depth=3,
+                                progress=progress)
+        iterator = EpochIterator(stage, progress, None, None)
+        assert next(iterator) == ("pinned", 0)
+        if where != "below, still pending":
+            with pytest.raises(Boom):
+                next(iterator)
+            assert next(iterator) == ("pinned", 2)
+        del iterator, stage
+        assert wait_until(lambda: len(host_threads()) == before, 5)
+    finally:
+        gc.enable()
+
+
+LOOP_ON_ANOTHER_THREAD = """
+import threading, time
+from fastload.prefetch import HostThreadStage
+got = []
+def loop():
+    for k in HostThreadStage(iter(range(100)), lambda k: time.sleep(0.002) or k, depth=2, progress=None):
+        got.append(k)
+    print(len(got), got == list(range(100)))
+threading.Thread(target=loop).start()
+"""
+
+
+def test_a_loop_on_another_thread_keeps_working_after_the_main_thread_ends():
+    result = subprocess.run([sys.executable, "-c", LOOP_ON_ANOTHER_THREAD], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["100", "True"]
+
+
+def test_a_stage_left_alive_does_not_delay_interpreter_exit():
+    script = ("import time\nfrom fastload.prefetch import HostThreadStage\n"
+              "stage = HostThreadStage(iter(range(100)), lambda k: time.sleep(0.5) or k, depth=4, progress=None)\n"
+              "print(next(stage))\n")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.split() == ["0"], result.stderr
+    assert time.perf_counter() - started < 15
 
 
 def test_a_keyboard_interrupt_from_below_is_raised_at_once():

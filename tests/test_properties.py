@@ -167,7 +167,7 @@ def test_bad_voxel_sizes_are_clear_errors(voxel_size):
         voxelizer = Voxelizer(voxel_size, [0, 0, 0, 10, 10, 10], 4, 10)
     except ValueError as exc:  # names the first axis at fault (sizes are float32: 3.5e38 is inf)
         assert "voxel_size must be positive and finite; axis " in str(exc) or \
-            "the grid must have between 1 and 2^31 cells per axis; axis " in str(exc) or \
+            "the grid must have between 1 and 2^31 - 1 cells per axis; axis " in str(exc) or \
             "the grid has more than 4e18 cells: its linear index would overflow" in str(exc)
     else:  # accepted: every size is positive, finite and small enough for a grid cell
         assert all(np.isfinite(v) and np.float32(v) > 0 for v in voxel_size)

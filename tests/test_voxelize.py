@@ -180,6 +180,8 @@ def test_outputs_of_successive_calls_do_not_alias(scans):
     (([0.1, 0.1, 0.1], [0, 0, 0, 1, 1, 1], 0, 10), ValueError, "max_points_per_voxel must be >= 1"),
     (([0.1, 0.1, 0.1], [0, 0, 0, 1, 1, 1], 5, 0), ValueError, "max_voxels must be >= 1"),
     (([0.1, 0.1], [0, 0, 0, 1, 1, 1], 5, 10), ValueError, "voxel_size must have 3 values"),
+    (([0.1, 0.1, 0.1], [0, 0, 0, 1, 1, 1], 5, 2**31), ValueError, r"max_voxels must be below 2\^31, got 2147483648"),
+    (([1, 1, 1], [0, 0, 0, 2**31, 1, 1], 5, 10), ValueError, r"between 1 and 2\^31 - 1 cells per axis; axis x"),
 ])
 def test_bad_configurations_raise_clear_errors(args, error, message):
     with pytest.raises(error, match=message):

@@ -161,3 +161,31 @@ def test_a_model_that_voxelizes_compiles_whole_on_cuda(scans):
     model = VoxelizingModel(CONFIGS["pointpillars_kitti"])
     points = torch.from_numpy(scans[0]).cuda()
     assert_same_outputs(torch.compile(model, fullgraph=True)(points), model(points))
+
+
+def test_the_gradient_of_the_voxels_flows_back_to_the_points_they_copy():
+    rng = np.random.default_rng(0)
+    points = torch.from_numpy(rng.uniform(-1, 5, (300, 4))).requires_grad_()  # float64; some outside the range
+    config = ([0.5, 0.5, 0.5], [0, 0, 0, 4, 4, 4], 3, 40)  # caps tight enough to drop points of full voxels
+    voxelizer = Voxelizer(*config)
+    voxels, coords, num_points, ids = voxelizer(points, return_point_voxel_id=True)
+    assert voxels.requires_grad
+    weights = torch.from_numpy(rng.normal(size=tuple(voxels.shape)))
+    (voxels * weights).sum().backward()
+    # Against the rule: the gradient of a copied point is its entry's weight, others zero.
+    want = torch.zeros_like(points)
+    counts: dict[int, int] = {}
+    for i, v in enumerate(ids.tolist()):
+        if v >= 0:
+            row = counts.get(v, 0)
+            counts[v] = row + 1
+            if row < config[2]:
+                want[i] = weights[v, row]
+    assert torch.equal(points.grad, want) and want.abs().sum() > 0 and (want == 0).all(dim=1).sum() > 10
+    assert torch.autograd.gradcheck(lambda p: torch.ops.fastload.hard_voxelize(p, *config)[0],
+                                    (points.detach()[:60].clone().requires_grad_(),))
+    points.grad = None  # compiled whole, with the gradient
+    compiled = torch.compile(lambda p: (voxelizer(p)[0] * 2).sum(), fullgraph=True)
+    compiled(points).backward()
+    copied = (want != 0).any(dim=1, keepdim=True)
+    assert torch.equal(points.grad, torch.where(copied, 2.0, 0.0).to(points.dtype).expand_as(points))

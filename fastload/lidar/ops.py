@@ -13,7 +13,10 @@ trace. Each op has
 * a kernel for every other device (CUDA, and whatever torch runs on): the same rules in
   torch tensor ops (fastload/lidar/tensor_voxelize.py), bit-exact with the C++ one;
 * a fake (meta) kernel: the number of voxels depends on the data, so it is a new unbacked
-  symbolic size, bounded by ``max_voxels`` for hard voxelization.
+  symbolic size, bounded by ``max_voxels`` for hard voxelization;
+* for hard voxelization, a gradient: ``voxels`` holds copies of points, so a point's
+  gradient is that of the entry it was copied to (zero for a point not copied). The
+  other outputs are integers.
 
 ``hard_voxelize`` always returns the per-point voxel ids (an op's outputs cannot depend
 on an argument's value); :class:`fastload.lidar.Voxelizer` drops them unless asked.
@@ -55,6 +58,13 @@ def check_points(points: Tensor) -> None:
         raise ValueError(f"points must have shape (N, C) with C >= 3 (x, y, z, ...), got {tuple(points.shape)}")
 
 
+def check_caps(max_points_per_voxel: int, max_voxels: int) -> None:
+    """Caps the C++ voxelizer can hold (32-bit counts); it checks the lower bounds itself."""
+    for name, value in (("max_points_per_voxel", max_points_per_voxel), ("max_voxels", max_voxels)):
+        if value >= 2**31:
+            raise ValueError(f"{name} must be below 2^31, got {value}")
+
+
 def _arguments(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> None:
     if len(voxel_size) != 3:
         raise ValueError(f"voxel_size must have 3 values, got {len(voxel_size)}")
@@ -70,6 +80,7 @@ def hard_voxelize(points: Tensor, voxel_size: Sequence[float], point_cloud_range
     with :class:`fastload.lidar.Voxelizer`'s rules. This body is the kernel of every device
     but the CPU."""
     _arguments(voxel_size, point_cloud_range)
+    check_caps(max_points_per_voxel, max_voxels)
     check_points(points)
     native = _native_voxelizer(tuple(voxel_size), tuple(point_cloud_range), max_points_per_voxel, max_voxels)
     return tensor_voxelize.hard_voxelize(points, voxel_size, point_cloud_range, native.grid_size,
@@ -80,6 +91,7 @@ def hard_voxelize(points: Tensor, voxel_size: Sequence[float], point_cloud_range
 def _hard_voxelize_cpu(points: Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                        max_points_per_voxel: int, max_voxels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _arguments(voxel_size, point_cloud_range)
+    check_caps(max_points_per_voxel, max_voxels)
     check_points(points)
     native = _native_voxelizer(tuple(voxel_size), tuple(point_cloud_range), max_points_per_voxel, max_voxels)
     return tuple(torch.from_numpy(a) for a in native(points.detach().numpy(), True))  # type: ignore[return-value]
@@ -89,6 +101,7 @@ def _hard_voxelize_cpu(points: Tensor, voxel_size: Sequence[float], point_cloud_
 def _hard_voxelize_fake(points: Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                         max_points_per_voxel: int, max_voxels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _arguments(voxel_size, point_cloud_range)
+    check_caps(max_points_per_voxel, max_voxels)
     check_points(points)
     voxel_count = torch.library.get_ctx().new_dynamic_size(max=max_voxels)
     channels = points.shape[1]
@@ -96,6 +109,32 @@ def _hard_voxelize_fake(points: Tensor, voxel_size: Sequence[float], point_cloud
             points.new_empty((voxel_count, 3), dtype=torch.int32),
             points.new_empty((voxel_count,), dtype=torch.int32),
             points.new_empty((points.shape[0],), dtype=torch.int64))
+
+
+def _hard_voxelize_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    points, _, _, max_points_per_voxel, _ = inputs
+    ctx.save_for_backward(output[3])
+    ctx.max_points_per_voxel = max_points_per_voxel
+    ctx.points_shape = points.shape
+
+
+def _hard_voxelize_backward(ctx: Any, grad_voxels: Tensor | None, *_: Any) -> tuple[Tensor | None, None, None, None,
+                                                                                        None]:
+    # voxels[id, row] is a copy of the point, so the point's gradient is that entry's
+    # gradient; points not copied (outside, refused, past the row cap) get zero.
+    if grad_voxels is None:
+        return None, None, None, None, None
+    (point_voxel_id,) = ctx.saved_tensors
+    rows = tensor_voxelize.point_rows(point_voxel_id)
+    copied = (point_voxel_id >= 0) & (rows < ctx.max_points_per_voxel)
+    # Points not copied read an appended zero voxel: no branch on the (data-dependent) voxel count.
+    padded = torch.cat([grad_voxels, grad_voxels.new_zeros((1, *grad_voxels.shape[1:]))])
+    voxel = torch.where(copied, point_voxel_id, grad_voxels.shape[0])
+    row = torch.where(copied, rows, 0)
+    return padded[voxel, row], None, None, None, None
+
+
+hard_voxelize.register_autograd(_hard_voxelize_backward, setup_context=_hard_voxelize_setup_context)
 
 
 @torch.library.custom_op("fastload::dynamic_voxelize", mutates_args=())

@@ -19,7 +19,8 @@ and scans, which a GPU runs in parallel:
 4. the points whose row is below ``max_points`` are scattered to ``voxels[number, row]``
    (each slot written once, so the scatter is deterministic).
 
-The output sizes depend on the data, so a GPU call synchronises once to learn them.
+The output sizes depend on the data, so a GPU call synchronises once, to learn how many
+voxels there are; everything else is queued without waiting.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ class _Groups:
         starts = torch.ones(n, dtype=torch.bool, device=device)
         starts[1:] = self.sorted_keys[1:] != self.sorted_keys[:-1]
         self.group_of_sorted = torch.cumsum(starts, 0) - 1  # group of each sorted position
-        self.group_start = torch.nonzero(starts).flatten()
+        # The one synchronisation: how many groups, and whether the last one (the largest
+        # key) is OUTSIDE's.
+        groups, outside = torch.stack([starts.sum(), (self.sorted_keys[-1:] == OUTSIDE).sum()]).tolist()
+        self.voxel_count = groups - outside
+        self.group_start = torch.nonzero_static(starts, size=groups).flatten()
         self.group_keys = self.sorted_keys[self.group_start]
         first_point = self.order[self.group_start]
         # The OUTSIDE group (the largest key: the last group, if any) is numbered after
@@ -66,8 +71,6 @@ class _Groups:
         self.by_arrival = torch.argsort(first_point)  # groups in the order voxels open
         self.number = torch.empty_like(self.by_arrival)
         self.number[self.by_arrival] = torch.arange(self.by_arrival.numel(), device=device)
-        # One synchronisation: the number of voxels.
-        self.voxel_count = int(self.group_keys.numel()) - int((self.group_keys[-1:] == OUTSIDE).sum())
 
     def point_numbers(self, limit: int) -> torch.Tensor:
         """Each point's voxel number (int64), -1 outside or at numbers >= ``limit``."""
@@ -99,11 +102,32 @@ def hard_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud
     sorted_numbers = point_voxel_id[groups.order]
     row = torch.arange(n, device=device) - groups.group_start[groups.group_of_sorted]
     placed = (sorted_numbers >= 0) & (row < max_points_per_voxel)
-    voxels = torch.zeros((count, max_points_per_voxel, channels), dtype=points.dtype, device=device)
-    voxels[sorted_numbers[placed], row[placed]] = points[groups.order[placed]]
+    # Every point is written: those not placed to one extra row past the voxels, so that
+    # no boolean mask (a synchronisation each) picks the placed ones.
+    slots = count * max_points_per_voxel
+    target = torch.where(placed, sorted_numbers * max_points_per_voxel + row, slots)
+    flat = torch.zeros((slots + 1, channels), dtype=points.dtype, device=device)
+    flat[target] = points[groups.order]
+    voxels = flat[:slots].view(count, max_points_per_voxel, channels)
     sizes = torch.diff(groups.group_start, append=torch.tensor([n], device=device))
     num_points = sizes[groups.by_arrival[:count]].clamp(max=max_points_per_voxel).to(torch.int32)
     return voxels, groups.coordinates(count, grid), num_points, point_voxel_id
+
+
+def point_rows(point_voxel_id: torch.Tensor) -> torch.Tensor:
+    """Each point's row in its voxel (its place among the points with the same voxel id,
+    in input order), from hard voxelization's ``point_voxel_id``: where it was copied
+    to, if the row is below ``max_points_per_voxel``. The gradient of ``voxels`` with
+    respect to the points follows these rows back."""
+    n = point_voxel_id.numel()
+    sorted_ids, order = torch.sort(point_voxel_id, stable=True)
+    positions = torch.arange(n, device=point_voxel_id.device)
+    starts = torch.ones(n, dtype=torch.bool, device=point_voxel_id.device)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), 0).values
+    rows = torch.empty_like(positions)
+    rows[order] = positions - group_start
+    return rows
 
 
 def dynamic_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],

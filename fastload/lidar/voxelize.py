@@ -29,8 +29,9 @@ Array = Union[np.ndarray, torch.Tensor]
 
 def _through_op(points: Array) -> bool:
     # Eager CPU calls skip the dispatcher (~20 us a call) and the per-point ids they did
-    # not ask for; everything else needs the op.
-    return isinstance(points, torch.Tensor) and (points.device.type != "cpu" or torch.compiler.is_compiling())
+    # not ask for; everything else needs the op (a gradient too: the op has one).
+    return isinstance(points, torch.Tensor) and (points.device.type != "cpu" or points.requires_grad
+                                                 or torch.compiler.is_compiling())
 
 
 def _as_numpy(points: Array) -> tuple[np.ndarray, bool]:
@@ -83,6 +84,7 @@ class Voxelizer:
         self.point_cloud_range = _floats(point_cloud_range, 6, "point_cloud_range")
         self.max_points_per_voxel = int(max_points_per_voxel)
         self.max_voxels = int(max_voxels)
+        ops.check_caps(self.max_points_per_voxel, self.max_voxels)
         native = extension("fastload.lidar.Voxelizer")
         self._impl = native.Voxelizer(self.voxel_size, self.point_cloud_range, self.max_points_per_voxel,
                                       self.max_voxels)
