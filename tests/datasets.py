@@ -306,3 +306,48 @@ class FailsFirstIter(IterableDataset):
             self.failed = True
             raise ConnectionError("the shard server is not up yet")
         return iter(torch.tensor([v]) for v in range(self.n))
+
+
+#: Changed by a test in the main process after import: a spawn/forkserver worker, a fresh
+#: interpreter, must still see this value.
+MODULE_STATE = "as imported"
+
+
+class WorkerState(Dataset):
+    """What a worker's fresh-interpreter state looks like from inside, per sample: its
+    worker info, its RNG draws, this module's state as the worker sees it, CUDA and the
+    dataset's arrays (a numpy array and a tensor, written by the worker: copy-on-write)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+        self.array = np.arange(1 << 16, dtype=np.int64)
+        self.tensor = torch.arange(1 << 16, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+
+        info = get_worker_info()
+        before_array, before_tensor = int(self.array[0]), float(self.tensor[0])
+        self.array[0] = 1000 + info.id  # a private write: other workers and the main process keep 0
+        self.tensor[0] = 1000 + info.id
+        return {"id": info.id, "num_workers": info.num_workers, "seed": info.seed, "pid": os.getpid(),
+                "ppid": os.getppid(), "random": random.random(), "numpy": float(np.random.rand()),
+                "torch": float(torch.rand(())), "module_state": MODULE_STATE,
+                "cuda_initialized": torch.cuda.is_initialized(), "dataset_is_a_copy": type(info.dataset) is type(self),
+                "before_array": before_array, "before_tensor": before_tensor, "array_sum": int(self.array[1:].sum()), "tensor_sum": float(self.tensor[1:].sum()),
+                "array_writeable": bool(self.array.flags.writeable)}
+
+
+class ReportsToAQueue(Squares):
+    """Holds a multiprocessing queue, which only multiprocessing's own pickler can send
+    (to a process it starts); each sample puts its index in it."""
+
+    def __init__(self, n: int, queue) -> None:
+        super().__init__(n)
+        self.queue = queue
+
+    def __getitem__(self, i: int):
+        self.queue.put(i)
+        return super().__getitem__(i)

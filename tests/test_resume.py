@@ -509,14 +509,13 @@ def test_an_iterator_that_failed_to_start_leaves_the_resume_point():
     assert head + indices_of(resumed) == list(range(20))  # the retry resumes where the state said
 
 
-class PicklesOnTheSecondTry(Squares):
-    """Cannot be sent to a forkserver worker the first time the loader tries."""
+class PicklesLater(Squares):
+    """Cannot be sent to a forkserver worker until ``ready`` is set."""
 
-    tries = 0
+    ready = False
 
     def __getstate__(self):
-        type(self).tries += 1
-        if type(self).tries == 1:
+        if not type(self).ready:
             raise TypeError("not yet")
         return self.__dict__
 
@@ -528,9 +527,10 @@ def test_a_failed_iter_draws_nothing_the_retry_draws_again(no_leaks):
         return fastload.DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2,
                                    multiprocessing_context="forkserver", generator=torch.Generator().manual_seed(3))
 
-    failing = loader(PicklesOnTheSecondTry(16))
+    failing = loader(PicklesLater(16))
     with pytest.raises(TypeError, match="cannot be pickled"), pytest.warns(UserWarning, match="Got pickle error"):
         iter(failing)
+    PicklesLater.ready = True
     assert_same(list(failing), list(loader(Squares(16))))
 
 

@@ -15,6 +15,7 @@ from .environment import describe_environment
 from .report import format_table, plot, ratio_stats, to_json
 from .runner import run_scenario
 from .scenarios import SCENARIOS, BenchConfig
+from .startup import IMAGENET_TRAIN_ITEMS, STARTUP_DESCRIPTION, STARTUP_REPEATS, startup_lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "scenarios", nargs="*", metavar="SCENARIO",
-        help="; ".join(f"{s.name}: {s.description}" for s in SCENARIOS.values()) + "; all (default): every one",
+        help="; ".join(f"{s.name}: {s.description}" for s in SCENARIOS.values())
+        + f"; startup: {STARTUP_DESCRIPTION}; all (default): every one",
     )
     parser.add_argument("--workers", type=int, default=2, help="num_workers (DALI: threads) for every loader (default: 2)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -38,14 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per loader (default: 5)")
     parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario")
     parser.add_argument("--scans", metavar="DIR", help="a folder of lidar scans (.bin, .pcd, .ply) for the lidar scenario")
+    parser.add_argument("--index-items", type=int, default=IMAGENET_TRAIN_ITEMS, metavar="N",
+                        help=f"startup: paths in the dataset's index (default: {IMAGENET_TRAIN_ITEMS:,}, ImageNet's)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON: environment (CPU, cores, torch, "
                         "Pillow flavour, DALI...), settings, every repeat, ratios, fastload's per-stage times")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a chart: batches/s per loader per scenario "
                         "(min–max bars) and fastload's time per batch by stage (needs matplotlib)")
     args = parser.parse_args(argv)
-    unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
+    unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "startup", "all")]
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)} or all")
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}, startup or all")
     for option in ("data", "scans"):
         folder = getattr(args, option)
         if folder is not None and not os.path.isdir(folder):
@@ -56,12 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = args.scenarios or ["all"]
-    names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
+    names = [*SCENARIOS, "startup"] if "all" in chosen else list(dict.fromkeys(chosen))
     print(f"fastload.bench on {os.cpu_count()} CPU cores: {', '.join(names)}", file=sys.stderr)
     results, notes, batch_sizes = {}, [], {}
+    startup_repeats = min(args.repeats, STARTUP_REPEATS)
+    total = sum(startup_repeats if name == "startup" else args.repeats for name in names)
     with tempfile.TemporaryDirectory(prefix="fastload-bench-") as scratch, \
-            tqdm(total=len(names) * args.repeats, desc="runs", unit="repeat", file=sys.stderr) as bar:
+            tqdm(total=total, desc="runs", unit="repeat", file=sys.stderr) as bar:
         for name in names:
+            if name == "startup":  # not a throughput scenario: its own table, under the main one
+                bar.set_postfix_str(name)
+                notes += startup_lines(max(args.workers, 4), startup_repeats, args.index_items, progress=bar.update)
+                continue
             bar.set_postfix_str(name)
             scenario = SCENARIOS[name]
             batch_sizes[name] = args.batch_size or scenario.default_batch_size
@@ -84,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 lo, med, hi = ratio_stats(results[name][a], results[name][b])
                 notes.append(f"{name}: {what} ({a} / {b}, repeat by repeat): {lo:.3f} / {med:.3f} / {hi:.3f} "
                              "(min / median / max)")
-    print(format_table(results, workers=args.workers, batch_sizes=batch_sizes))
+    if results:
+        print(format_table(results, workers=args.workers, batch_sizes=batch_sizes))
     for line in notes:
         print(line)
     if args.json or args.plot:

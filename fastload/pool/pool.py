@@ -62,11 +62,11 @@ import weakref
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from . import messages
+from . import messages, warm_start
 from .arena import SlotTable, too_many_open_files
 from .batch_codec import unpack_batch
 from ..telemetry import BatchRecord
@@ -136,6 +136,11 @@ class WorkerPool:
         self.config = config
         self.slots = SlotTable()
         self._context = context
+        # spawn/forkserver: workers fork from the warm server (NOTE [ Warm start ]).
+        self._warm = warm_start.uses_warm_start(context)
+        self._start_context: Any = warm_start.WarmContext(context.get_start_method()) if self._warm else context
+        #: the configuration pickled once for warm workers; False where it must go per worker
+        self._shared_config: warm_start.SharedPickle | bool | None = None
         #: the workers' RNGs are seeded base_seed + worker_id, for the pool's life (torch's rule)
         self.base_seed = base_seed
         #: iterable datasets: items each worker skips at the start of its first epoch (a resume)
@@ -181,8 +186,14 @@ class WorkerPool:
         # exits: only the main thread lives as long as the process (NOTE [ Worker lifecycle ]).
         die_with_parent = threading.current_thread() is threading.main_thread()
         skip = self._skip_items[worker_id] if self._skip_items else 0
-        worker_config = WorkerConfig(self.config, worker_id, self.base_seed, self._sample_seed, die_with_parent, skip)
-        process = self._context.Process(  # type: ignore[attr-defined]  # every start method's context has it
+        try:
+            pool_config = self._warm_config() if self._warm else self.config
+        except BaseException:
+            main_end.close()
+            worker_end.close()
+            raise
+        worker_config = WorkerConfig(pool_config, worker_id, self.base_seed, self._sample_seed, die_with_parent, skip)
+        process = self._start_context.Process(
             target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
         )
         sock = socket.socket(fileno=os.dup(main_end.fileno()))
@@ -206,6 +217,18 @@ class WorkerPool:
             raise
         finally:
             worker_end.close()  # so that later workers do not inherit it
+
+    def _warm_config(self) -> PoolConfig:
+        """The configuration a warm worker is sent: pickled once into shared memory (it
+        unpickles as the PoolConfig), or, if only multiprocessing's own pickler can send
+        it, the PoolConfig itself, pickled per worker (NOTE [ Warm start ])."""
+        warm_start.server((self.config.dataset, self.config.collate_fn, self.config.worker_init_fn))
+        if self._shared_config is None:
+            try:
+                self._shared_config = warm_start.SharedPickle(self.config)
+            except Exception:
+                self._shared_config = False  # the per-worker pickling names what cannot be sent, if anything
+        return cast(PoolConfig, self._shared_config or self.config)
 
     @property
     def num_workers(self) -> int:
@@ -367,6 +390,8 @@ class WorkerPool:
     def shutdown(self, grace: float = STOP_GRACE) -> None:
         """Stop the workers (idempotent). ``grace=0`` on failure paths: a worker still
         busy then is stuck or irrelevant, and the error should surface now."""
+        if isinstance(self._shared_config, warm_start.SharedPickle):
+            self._shared_config.close()
         detached = self._finalizer.detach()
         if detached is not None:
             _, shutdown, args, _ = detached
