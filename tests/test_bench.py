@@ -155,3 +155,19 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and "no CUDA device here" in result.stdout
+
+
+def test_startup_scenario_times_both_loaders_for_every_start_method():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastload.bench", "startup", "--repeats", "1", "--workers", "2", "--index-items", "20000"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line.split()[2:] for line in result.stdout.splitlines()
+            if line.startswith("startup: ") and line.split()[1] in ("fork", "forkserver", "spawn")}
+    assert set(rows) == {"fork", "forkserver", "spawn"}
+    for method, cells in rows.items():
+        seconds = [float(v) for v in cells[:4]]
+        assert all(s > 0 for s in seconds) and cells[4].endswith("x") and cells[5].endswith("x"), method
+    assert "2 workers, an index of 20,000 paths" in result.stdout
+    assert "batches/s" not in result.stdout  # no throughput table without a throughput scenario

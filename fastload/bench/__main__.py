@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="; ".join(f"{s.name}: {s.description}" for s in SCENARIOS.values())
         + f"; startup: {STARTUP_DESCRIPTION}; all (default): every one",
     )
-    parser.add_argument("--workers", type=int, default=2, help="num_workers (DALI: threads) for every loader (default: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="num_workers (DALI: threads) for every loader (default: 2; startup: 4)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch size (default: per scenario: "
                         + ", ".join(f"{s.name} {s.default_batch_size}" for s in SCENARIOS.values()) + ")")
@@ -63,19 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     names = [*SCENARIOS, "startup"] if "all" in chosen else list(dict.fromkeys(chosen))
     print(f"fastload.bench on {os.cpu_count()} CPU cores: {', '.join(names)}", file=sys.stderr)
     results, notes, batch_sizes = {}, [], {}
-    startup_repeats = min(args.repeats, STARTUP_REPEATS)
+    # Each startup repeat is six fresh processes, some of them slow: one repeat within "all"
+    # (its ratios are far from noise), up to STARTUP_REPEATS when asked for by name.
+    startup_repeats = min(args.repeats, STARTUP_REPEATS if "startup" in chosen else 1)
+    workers = args.workers if args.workers is not None else 2
     total = sum(startup_repeats if name == "startup" else args.repeats for name in names)
     with tempfile.TemporaryDirectory(prefix="fastload-bench-") as scratch, \
             tqdm(total=total, desc="runs", unit="repeat", file=sys.stderr) as bar:
         for name in names:
             if name == "startup":  # not a throughput scenario: its own table, under the main one
                 bar.set_postfix_str(name)
-                notes += startup_lines(max(args.workers, 4), startup_repeats, args.index_items, progress=bar.update)
+                notes += startup_lines(args.workers if args.workers is not None else 4, startup_repeats,
+                                       args.index_items, progress=bar.update)
                 continue
             bar.set_postfix_str(name)
             scenario = SCENARIOS[name]
             batch_sizes[name] = args.batch_size or scenario.default_batch_size
-            config = BenchConfig(batch_size=batch_sizes[name], workers=args.workers, data=args.data, scans=args.scans,
+            config = BenchConfig(batch_size=batch_sizes[name], workers=workers, data=args.data, scans=args.scans,
                                  scratch=scratch, repeats=args.repeats)
             batches = args.batches or scenario.default_batches
             setup = scenario.build(config, batches)
@@ -95,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{name}: {what} ({a} / {b}, repeat by repeat): {lo:.3f} / {med:.3f} / {hi:.3f} "
                              "(min / median / max)")
     if results:
-        print(format_table(results, workers=args.workers, batch_sizes=batch_sizes))
+        print(format_table(results, workers=workers, batch_sizes=batch_sizes))
     for line in notes:
         print(line)
     if args.json or args.plot:
-        report = to_json(results, notes=notes, workers=args.workers, batch_sizes=batch_sizes, repeats=args.repeats,
+        report = to_json(results, notes=notes, workers=workers, batch_sizes=batch_sizes, repeats=args.repeats,
                          environment=describe_environment())
         if args.json:
             with open(args.json, "w") as f:

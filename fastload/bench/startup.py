@@ -24,11 +24,11 @@ import torch.utils.data as tud
 
 #: ImageNet-1k's training set
 IMAGENET_TRAIN_ITEMS = 1_281_167
-#: at most this many repeats (each is 6 fresh processes; torch's spawn ones take seconds)
+#: at most this many repeats when the scenario is asked for by name (one within "all")
 STARTUP_REPEATS = 3
 STARTUP_DESCRIPTION = ("seconds to the first batch of a first and a second loader in a fresh process, fork / "
-                       "forkserver / spawn, torch vs fastload, 4 workers (or --workers if more), an ImageNet-sized "
-                       "index of paths (--index-items)")
+                       "forkserver / spawn, torch vs fastload, 4 workers (or --workers), an ImageNet-sized index of "
+                       "paths (--index-items); up to 3 repeats by name, 1 within all")
 METHODS = ("fork", "forkserver", "spawn")
 LOADERS = ("torch", "fastload")
 
