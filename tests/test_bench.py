@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -93,7 +94,16 @@ def test_image_scenario_on_a_users_folder(tmp_path):
     rows = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("image ")}
     assert "fastload" in rows and any(r.startswith("torch") for r in rows)
     assert "in-run ceiling" in result.stdout and "decode simplejpeg" in result.stdout
-    assert str(root) in result.stdout
+    assert re.search(rf"{re.escape(str(root))} \(your images\): 96 images, 0\.2\d bytes per pixel, chroma 4:2:0 96 ", result.stdout)
+
+
+def test_imagenet_like_images_have_imagenets_bytes_per_pixel_and_chroma(tmp_path):
+    from fastload.bench.images import jpeg_statistics, make_image_folder
+
+    bytes_per_pixel, chroma = jpeg_statistics(make_image_folder(tmp_path / "photos", 60, imagenet_like=True))
+    assert 0.55 <= bytes_per_pixel <= 0.65 and chroma == {"4:2:0": 60}
+    plain, _ = jpeg_statistics(make_image_folder(tmp_path / "plain", 60))
+    assert plain < 0.3
 
 
 def test_bench_rejects_unknown_scenarios():
