@@ -48,6 +48,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for data in report["scenarios"].values():
         lines += [f"- {note}" for note in data["notes"]]
+    lines += [f"- {note}" for note in report.get("notes", [])]
     lines.append(END)
     return "\n".join(lines)
 

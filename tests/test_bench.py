@@ -167,9 +167,10 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0():
     assert len(result.stdout.splitlines()) == 1 and "no CUDA device here" in result.stdout
 
 
-def test_startup_scenario_times_both_loaders_for_every_start_method():
+def test_startup_scenario_times_both_loaders_for_every_start_method(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fastload.bench", "startup", "--repeats", "1", "--workers", "2", "--index-items", "20000"],
+        [sys.executable, "-m", "fastload.bench", "startup", "--repeats", "1", "--workers", "2", "--index-items", "20000",
+         "--json", str(tmp_path / "bench.json")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
@@ -181,3 +182,5 @@ def test_startup_scenario_times_both_loaders_for_every_start_method():
         assert all(s > 0 for s in seconds) and cells[4].endswith("x") and cells[5].endswith("x"), method
     assert "2 workers, an index of 20,000 paths" in result.stdout
     assert "batches/s" not in result.stdout  # no throughput table without a throughput scenario
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["scenarios"] == {} and sum(n.startswith("startup: spawn ") for n in report["notes"]) == 1

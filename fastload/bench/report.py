@@ -83,7 +83,9 @@ def to_json(results: dict[str, dict[str, Measurement]], *, notes: list[str], wor
             loaders[name] = entry
         scenarios[scenario] = {"batch_size": batch_sizes[scenario], "baseline": baseline.loader, "loaders": loaders,
                                "notes": [n for n in notes if n.startswith(f"{scenario}:")]}
-    return {"environment": environment, "workers": workers, "repeats": repeats, "scenarios": scenarios}
+    # Lines of scenarios without a throughput table (startup).
+    other = [n for n in notes if not any(n.startswith(f"{scenario}:") for scenario in results)]
+    return {"environment": environment, "workers": workers, "repeats": repeats, "scenarios": scenarios, "notes": other}
 
 
 #: stages drawn in the breakdown, in pipeline order (the rest, if any, after them)
