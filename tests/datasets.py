@@ -351,3 +351,35 @@ class ReportsToAQueue(Squares):
     def __getitem__(self, i: int):
         self.queue.put(i)
         return super().__getitem__(i)
+
+
+class WritesToASharedTensor(Dataset):
+    """Each sample writes its index into a tensor the main process put in shared memory
+    (a cache filled by the workers, as torch lets them under spawn)."""
+
+    def __init__(self, n: int) -> None:
+        self.cache = torch.zeros(n).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int):
+        self.cache[i] = i + 1
+        return i
+
+
+class ReadsTheEnvironment(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        return os.environ.get("FASTLOAD_TEST_VARIABLE", "<unset>")
+
+
+class StuckAfterTheFirst(Squares):
+    """Sample 0 at once; every other sample blocks for a minute (a busy worker)."""
+
+    def __getitem__(self, i: int):
+        if i > 0:
+            time.sleep(60)
+        return super().__getitem__(i)

@@ -18,7 +18,7 @@ from fastload.pool import warm_start
 
 from . import datasets
 from .conftest import child_pids, pid_alive, wait_until
-from .datasets import ReportsToAQueue, Squares, WorkerState
+from .datasets import ReadsTheEnvironment, ReportsToAQueue, Squares, WorkerState, WritesToASharedTensor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["spawn", "forkserver"]
@@ -162,3 +162,83 @@ def test_the_warm_server_exits_with_the_main_process():
     assert result.returncode == 0, result.stderr
     server = int(result.stdout.split()[-1])
     assert wait_until(lambda: not pid_alive(server), 10)
+
+
+def test_a_tensor_in_shared_memory_stays_shared_with_the_workers(no_leaks):
+    dataset = WritesToASharedTensor(8)
+    assert sorted(int(i) for batch in fastload.DataLoader(dataset, batch_size=2, num_workers=2,
+                                                          multiprocessing_context="spawn") for i in batch) == list(range(8))
+    assert dataset.cache.tolist() == [1.0 * (i + 1) for i in range(8)]  # written by the workers, seen here
+
+
+def test_storages_are_pickled_once_and_views_keep_sharing_them():
+    base = torch.arange(20.0).reshape(4, 5)
+    objects = {"base": base, "view": base[1:, ::2], "expanded": torch.zeros(1).expand(10_000),
+               "channels_last": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)}
+    shared = warm_start.SharedPickle(objects)
+    try:
+        assert shared.buffer_bytes == 20 * 4 + 4 + 2 * 3 * 4 * 5 * 4  # base once, the expanded one's single float
+        loaded = warm_start._load_shared(os.dup(shared.fd), shared.size, shared.inband_size, shared.layout)
+    finally:
+        shared.close()
+    for name, tensor in objects.items():
+        assert torch.equal(loaded[name], tensor) and loaded[name].stride() == tensor.stride(), name
+    loaded["base"][1, 0] = 99
+    assert loaded["view"][0, 0] == 99 and base[1, 0] == 5  # one storage in the copy; the original untouched
+
+
+def test_a_later_loader_sees_the_environment_of_its_start(no_leaks, monkeypatch):
+    def values():
+        return [v for batch in fastload.DataLoader(ReadsTheEnvironment(), batch_size=1, num_workers=2,
+                                                   multiprocessing_context="forkserver") for v in batch]
+
+    monkeypatch.delenv("FASTLOAD_TEST_VARIABLE", raising=False)
+    assert values() == ["<unset>", "<unset>"]
+    monkeypatch.setenv("FASTLOAD_TEST_VARIABLE", "set after the server started")
+    assert values() == ["set after the server started"] * 2
+
+
+MAIN_KILLED = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import fastload
+from fastload.pool import warm_start
+from tests.datasets import StuckAfterTheFirst
+if __name__ == "__main__":
+    loader = fastload.DataLoader(StuckAfterTheFirst(1000), batch_size=1, num_workers=2, persistent_workers=True,
+                                 multiprocessing_context="spawn")
+    iterator = iter(loader)
+    next(iterator)
+    print(warm_start.server_pid(), *[p.pid for p in iterator._workers], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_busy_workers_and_the_server_exit_when_the_main_process_is_killed(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(MAIN_KILLED.format(repo=REPO))
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in main.stdout.readline().split()]
+        assert len(pids) == 3 and all(pid_alive(p) for p in pids)
+    finally:
+        main.kill()
+        main.wait()
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), 15), [p for p in pids if pid_alive(p)]
+
+
+def test_a_packages_main_module_is_not_run_again_by_the_warm_server(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {REPO!r})\n"
+        "with open(os.path.join(os.path.dirname(__file__), 'runs'), 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+        "import fastload\n"
+        "from tests.datasets import Squares\n"
+        "print(len(list(fastload.DataLoader(Squares(4), num_workers=2, multiprocessing_context='spawn'))))\n")
+    result = subprocess.run([sys.executable, "-m", "pkg"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4"] and len((package / "runs").read_text().split()) == 1

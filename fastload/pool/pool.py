@@ -62,6 +62,7 @@ import weakref
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -193,9 +194,14 @@ class WorkerPool:
             worker_end.close()
             raise
         worker_config = WorkerConfig(pool_config, worker_id, self.base_seed, self._sample_seed, die_with_parent, skip)
-        process = self._start_context.Process(
-            target=worker_main, args=(worker_config, worker_end), name=f"fastload-worker-{worker_id}", daemon=True
-        )
+        target: Callable[..., None]
+        args: tuple[Any, ...]
+        if self._warm:
+            target, args = warm_start.warm_worker_main, (warm_start.ProcessState(), worker_config, worker_end)
+        else:
+            target, args = worker_main, (worker_config, worker_end)
+        process = self._start_context.Process(target=target, args=args, name=f"fastload-worker-{worker_id}",
+                                              daemon=True)
         sock = socket.socket(fileno=os.dup(main_end.fileno()))
         if worker_id < len(self._processes):
             self._conns[worker_id], self._socks[worker_id], self._processes[worker_id] = main_end, sock, process
@@ -222,12 +228,12 @@ class WorkerPool:
         """The configuration a warm worker is sent: pickled once into shared memory (it
         unpickles as the PoolConfig), or, if only multiprocessing's own pickler can send
         it, the PoolConfig itself, pickled per worker (NOTE [ Warm start ])."""
-        warm_start.server((self.config.dataset, self.config.collate_fn, self.config.worker_init_fn))
+        warm_start.server()
         if self._shared_config is None:
             try:
                 self._shared_config = warm_start.SharedPickle(self.config)
-            except Exception:
-                self._shared_config = False  # the per-worker pickling names what cannot be sent, if anything
+            except Exception:  # NeedsMultiprocessing, or unpicklable: the per-worker pickling names what
+                self._shared_config = False
         return cast(PoolConfig, self._shared_config or self.config)
 
     @property
