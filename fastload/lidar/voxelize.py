@@ -64,7 +64,9 @@ class Voxelizer:
 
     Calling it with points ``(N, C)`` (C >= 3: x, y, z, then any features), float32 or
     float64, numpy or a torch tensor on any device, returns the same kind on the same
-    device (CUDA tensors are voxelized on the GPU, bit-exact with the CPU): ``voxels (M, max_points, C)`` in the
+    device. CUDA tensors are voxelized on the GPU by the same rules written in tensor ops
+    (tensor_voxelize.py; tested bit-exact against the C++ voxelizer on the CPU, and on a
+    GPU by ``pytest -m cuda`` where one exists). Outputs: ``voxels (M, max_points, C)`` in the
     points' dtype, zero-padded; ``coords (M, 3)`` int32 in (z, y, x) order; ``num_points
     (M,)`` int32; with ``return_point_voxel_id``, ``point_voxel_id (N,)`` int64 (-1 for a
     point out of range or whose voxel was refused by ``max_voxels``; a point dropped only
