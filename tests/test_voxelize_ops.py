@@ -134,6 +134,8 @@ def test_bad_points_through_the_op_raise_the_cpp_voxelizers_errors():
         torch.ops.fastload.dynamic_voxelize(torch.zeros(4, 3, dtype=torch.int32), [0.1] * 3, [0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match="point_cloud_range must have 6 values"):
         torch.ops.fastload.hard_voxelize(torch.zeros(4, 3), [0.1] * 3, [0, 0, 0, 1, 1], 5, 10)
+    with pytest.raises(ValueError, match=r"max_voxels must be below 2\^31, got 2147483648"):
+        torch.ops.fastload.hard_voxelize(torch.zeros(4, 3), [0.1] * 3, [0, 0, 0, 1, 1, 1], 5, 2**31)
     with pytest.raises(ValueError, match="max_voxels must be >= 1"):
         torch.ops.fastload.hard_voxelize(torch.zeros(4, 3), [0.1] * 3, [0, 0, 0, 1, 1, 1], 5, 0)
     with pytest.raises(TypeError, match="float32 or float64"):  # the same check on the path of other devices

@@ -50,14 +50,6 @@ def _grid(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> li
     return list(_native_voxelizer(tuple(voxel_size), tuple(point_cloud_range), 1, 1).grid_size)
 
 
-def check_points(points: Tensor) -> None:
-    """The C++ voxelizer's checks of its points, for a tensor on any device (or a fake one)."""
-    if points.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"points must be float32 or float64, got {points.dtype}")
-    if points.dim() != 2 or points.shape[1] < 3:
-        raise ValueError(f"points must have shape (N, C) with C >= 3 (x, y, z, ...), got {tuple(points.shape)}")
-
-
 def check_caps(max_points_per_voxel: int, max_voxels: int) -> None:
     """Caps the C++ voxelizer can hold (32-bit counts); it checks the lower bounds itself."""
     for name, value in (("max_points_per_voxel", max_points_per_voxel), ("max_voxels", max_voxels)):
@@ -65,11 +57,20 @@ def check_caps(max_points_per_voxel: int, max_voxels: int) -> None:
             raise ValueError(f"{name} must be below 2^31, got {value}")
 
 
-def _arguments(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> None:
+def _check(points: Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+           caps: tuple[int, int] | None = None) -> None:
+    """Every kernel's checks of its arguments, in the C++ voxelizer's words, for a tensor on
+    any device (or a fake one); the C++ voxelizer checks the rest of a configuration."""
     if len(voxel_size) != 3:
         raise ValueError(f"voxel_size must have 3 values, got {len(voxel_size)}")
     if len(point_cloud_range) != 6:
         raise ValueError(f"point_cloud_range must have 6 values, got {len(point_cloud_range)}")
+    if caps is not None:
+        check_caps(*caps)
+    if points.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"points must be float32 or float64, got {points.dtype}")
+    if points.dim() != 2 or points.shape[1] < 3:
+        raise ValueError(f"points must have shape (N, C) with C >= 3 (x, y, z, ...), got {tuple(points.shape)}")
 
 
 @torch.library.custom_op("fastload::hard_voxelize", mutates_args=())
@@ -79,9 +80,7 @@ def hard_voxelize(points: Tensor, voxel_size: Sequence[float], point_cloud_range
     int32 zyx, num_points (M,) int32, point_voxel_id (N,) int64)`` on the points' device,
     with :class:`fastload.lidar.Voxelizer`'s rules. This body is the kernel of every device
     but the CPU."""
-    _arguments(voxel_size, point_cloud_range)
-    check_caps(max_points_per_voxel, max_voxels)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range, (max_points_per_voxel, max_voxels))
     native = _native_voxelizer(tuple(voxel_size), tuple(point_cloud_range), max_points_per_voxel, max_voxels)
     return tensor_voxelize.hard_voxelize(points, voxel_size, point_cloud_range, native.grid_size,
                                          max_points_per_voxel, max_voxels)
@@ -90,9 +89,7 @@ def hard_voxelize(points: Tensor, voxel_size: Sequence[float], point_cloud_range
 @hard_voxelize.register_kernel("cpu")
 def _hard_voxelize_cpu(points: Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                        max_points_per_voxel: int, max_voxels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _arguments(voxel_size, point_cloud_range)
-    check_caps(max_points_per_voxel, max_voxels)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range, (max_points_per_voxel, max_voxels))
     native = _native_voxelizer(tuple(voxel_size), tuple(point_cloud_range), max_points_per_voxel, max_voxels)
     return tuple(torch.from_numpy(a) for a in native(points.detach().numpy(), True))  # type: ignore[return-value]
 
@@ -100,9 +97,7 @@ def _hard_voxelize_cpu(points: Tensor, voxel_size: Sequence[float], point_cloud_
 @hard_voxelize.register_fake
 def _hard_voxelize_fake(points: Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                         max_points_per_voxel: int, max_voxels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _arguments(voxel_size, point_cloud_range)
-    check_caps(max_points_per_voxel, max_voxels)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range, (max_points_per_voxel, max_voxels))
     voxel_count = torch.library.get_ctx().new_dynamic_size(max=max_voxels)
     channels = points.shape[1]
     return (points.new_empty((voxel_count, max_points_per_voxel, channels)),
@@ -144,8 +139,7 @@ def dynamic_voxelize(points: Tensor, voxel_size: Sequence[float],
     voxel_coords (K, 3) int32 by first arrival, point_voxel (N,) int64 or -1)`` on the
     points' device, with :func:`fastload.lidar.dynamic_voxelize`'s rules. This body is the
     kernel of every device but the CPU."""
-    _arguments(voxel_size, point_cloud_range)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range)
     return tensor_voxelize.dynamic_voxelize(points, voxel_size, point_cloud_range,
                                             _grid(voxel_size, point_cloud_range))
 
@@ -153,8 +147,7 @@ def dynamic_voxelize(points: Tensor, voxel_size: Sequence[float],
 @dynamic_voxelize.register_kernel("cpu")
 def _dynamic_voxelize_cpu(points: Tensor, voxel_size: Sequence[float],
                           point_cloud_range: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:
-    _arguments(voxel_size, point_cloud_range)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range)
     native = extension("torch.ops.fastload.dynamic_voxelize")
     arrays = native.dynamic_voxelize(points.detach().numpy(), list(voxel_size), list(point_cloud_range))
     return tuple(torch.from_numpy(a) for a in arrays)  # type: ignore[return-value]
@@ -163,8 +156,7 @@ def _dynamic_voxelize_cpu(points: Tensor, voxel_size: Sequence[float],
 @dynamic_voxelize.register_fake
 def _dynamic_voxelize_fake(points: Tensor, voxel_size: Sequence[float],
                            point_cloud_range: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:
-    _arguments(voxel_size, point_cloud_range)
-    check_points(points)
+    _check(points, voxel_size, point_cloud_range)
     voxel_count = torch.library.get_ctx().new_dynamic_size()
     n = points.shape[0]
     return (points.new_empty((n, 3), dtype=torch.int32), points.new_empty((voxel_count, 3), dtype=torch.int32),

@@ -48,6 +48,21 @@ def voxel_keys(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_ra
     return torch.where(kept, keys, torch.full_like(keys, OUTSIDE))
 
 
+def _run_starts(sorted_values: torch.Tensor) -> torch.Tensor:
+    """Where each run of equal values of a sorted tensor starts (bool, one per element)."""
+    starts = torch.ones(sorted_values.numel(), dtype=torch.bool, device=sorted_values.device)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return starts
+
+
+def _places_in_runs(starts: torch.Tensor) -> torch.Tensor:
+    """Each element's place in its run (0 for the run's first), from :func:`_run_starts`.
+    After a stable sort, that is a point's rank among the points of its voxel in input
+    order: its row."""
+    positions = torch.arange(starts.numel(), device=starts.device)
+    return positions - torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), 0).values
+
+
 class _Groups:
     """The points grouped by key (step 2), and the groups numbered by first arrival (step 3)."""
 
@@ -55,8 +70,7 @@ class _Groups:
         n = keys.numel()
         device = keys.device
         self.sorted_keys, self.order = torch.sort(keys, stable=True)
-        starts = torch.ones(n, dtype=torch.bool, device=device)
-        starts[1:] = self.sorted_keys[1:] != self.sorted_keys[:-1]
+        self.starts = starts = _run_starts(self.sorted_keys)
         self.group_of_sorted = torch.cumsum(starts, 0) - 1  # group of each sorted position
         # The one synchronisation: how many groups, and whether the last one (the largest
         # key) is OUTSIDE's.
@@ -98,9 +112,8 @@ def hard_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud
     groups = _Groups(voxel_keys(points, voxel_size, point_cloud_range, grid))
     count = min(groups.voxel_count, max_voxels)
     point_voxel_id = groups.point_numbers(count)
-    # Rows: a point's place in its group (the stable sort kept input order within it).
     sorted_numbers = point_voxel_id[groups.order]
-    row = torch.arange(n, device=device) - groups.group_start[groups.group_of_sorted]
+    row = _places_in_runs(groups.starts)  # the stable sort kept input order within a group
     placed = (sorted_numbers >= 0) & (row < max_points_per_voxel)
     # Every point is written: those not placed to one extra row past the voxels, so that
     # no boolean mask (a synchronisation each) picks the placed ones.
@@ -119,14 +132,9 @@ def point_rows(point_voxel_id: torch.Tensor) -> torch.Tensor:
     in input order), from hard voxelization's ``point_voxel_id``: where it was copied
     to, if the row is below ``max_points_per_voxel``. The gradient of ``voxels`` with
     respect to the points follows these rows back."""
-    n = point_voxel_id.numel()
     sorted_ids, order = torch.sort(point_voxel_id, stable=True)
-    positions = torch.arange(n, device=point_voxel_id.device)
-    starts = torch.ones(n, dtype=torch.bool, device=point_voxel_id.device)
-    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    group_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), 0).values
-    rows = torch.empty_like(positions)
-    rows[order] = positions - group_start
+    rows = torch.empty_like(order)
+    rows[order] = _places_in_runs(_run_starts(sorted_ids))
     return rows
 
 
