@@ -13,7 +13,7 @@ STAMP := $(VENV)/.fastload-installed
 PILLOW_SIMD := pillow-simd==12.1.1.post0
 STOCK_PILLOW := $(VENV)/stock-pillow
 
-.PHONY: bench test setup clean sanitize check
+.PHONY: bench test setup clean sanitize check peers
 
 setup: $(STAMP)
 
@@ -31,10 +31,40 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 		|| echo "fastload set-up: Pillow-SIMD could not be built here; stock Pillow stays active" >&2
 	touch $(STAMP)
 
-bench: $(STAMP)
+# The image scenario's peers, FFCV and SPDL (fastload/bench/peers.py). Best effort: when
+# they cannot be installed, the bench and the tests run without them and say why, and
+# `make peers` tries again. FFCV 1.0.2 builds from its sdist against OpenCV 4 and
+# libturbojpeg; SPDL 0.8 loads FFmpeg 5.1's libraries when it first decodes (Debian
+# bookworm's packages below; as root they are installed with apt-get). FFCV's own
+# requirements name opencv-python, the GUI build: FFCV is installed without them and its
+# runtime dependencies are listed here, with the headless OpenCV. numpy is pinned to the
+# version already installed, because numba accepts a range of numpy versions only.
+PEER_DEBS := libopencv-dev libturbojpeg0-dev libavutil57 libavcodec59 libavformat59 libavfilter8 \
+	libavdevice59 libswresample4 libswscale6
+PEER_PIP := terminaltables pytorch-pfn-extras fastargs opencv-python-headless assertpy tqdm psutil numba spdl
+PEERS_STAMP := $(VENV)/.fastload-peers
+
+$(PEERS_STAMP): $(STAMP) constraints.txt
+	@missing="$$(command -v dpkg >/dev/null && for p in $(PEER_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then \
+		echo "fastload set-up: the bench's peers need: apt-get install $$missing" >&2; \
+	fi; \
+	$(PY) -m pip install --quiet -c constraints.txt "numpy==$$($(PY) -c 'import numpy; print(numpy.__version__)')" $(PEER_PIP) \
+		&& $(PY) -m pip install --quiet -c constraints.txt --no-deps ffcv \
+		|| echo "fastload set-up: FFCV or SPDL could not be installed (above); the bench runs without them" >&2
+	touch $@
+
+# Try the peers' installation again (after the system libraries above were installed).
+peers:
+	rm -f $(PEERS_STAMP)
+	$(MAKE) $(PEERS_STAMP)
+
+bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m fastload.bench $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m pytest $(ARGS)
 
 # What CI runs (.ci/run): the whole suite, then the sanitizer run.

@@ -95,6 +95,19 @@ def test_image_scenario_on_a_users_folder(tmp_path):
     assert "fastload" in rows and any(r.startswith("torch") for r in rows)
     assert "in-run ceiling" in result.stdout and "decode simplejpeg" in result.stdout
     assert re.search(rf"{re.escape(str(root))} \(your images\): 96 images, 0\.2\d bytes per pixel, chroma 4:2:0 96 ", result.stdout)
+    # The peers run where `make peers` installed them, with the notes that make the comparison fair;
+    # elsewhere the report says which are missing and why.
+    from fastload.bench import peers
+
+    for peer in ("ffcv", "spdl"):
+        reason = peers.unavailable(peer)
+        assert (peer in rows) == (reason is None)
+        assert reason is None or f"{peer}: {reason}" in result.stdout
+    if "ffcv" in rows:
+        assert re.search(r"ffcv: \.beton written in [\d.]+ s \(not timed\), JPEGs re-encoded by OpenCV at quality 94: "
+                         r"0\.\d\d bytes per pixel; first epoch \(numba compiles the pipeline\) [\d.]+ s", result.stdout)
+    if "ffcv" in rows or "spdl" in rows:
+        assert all(f"image: peers, {line}" in result.stdout for line in peers.FAIRNESS)
 
 
 def test_imagenet_like_images_have_imagenets_bytes_per_pixel_and_chroma(tmp_path):

@@ -185,7 +185,7 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     from fastload.image import ImageFolder, pillow_flavour
     from fastload.image.dali import DaliImageLoader, dali_available
 
-    from . import images
+    from . import images, peers
     from .remote import RemoteContender
 
     root = config.data or images.make_image_folder(os.path.join(config.scratch, "images"), GENERATED_IMAGES,
@@ -203,9 +203,23 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
         contenders[f"torch ({remote.pillow})"] = Contender(run=remote.run)
     contenders[f"torch ({active})"] = Contender(torch_image_loader(**kwargs))
     contenders["fastload"] = Contender(fastload_image_loader(**kwargs))
+    # FFCV first: its converter forks, before DALI's threads exist.
+    missing: dict[str, str] = {}
+    ffcv = None
+    if (reason := peers.unavailable("ffcv")) is None:
+        ffcv = peers.FfcvImageLoader(ImageFolder(root), os.path.join(config.scratch, "images.beton"),
+                                     config.batch_size, config.workers)
+    else:
+        missing["ffcv"] = reason
     if dali_available():
         dali = DaliImageLoader(ImageFolder(root), config.batch_size, num_threads=config.workers, device="cpu")
         contenders["dali-cpu"] = Contender(dali)
+    if ffcv is not None:
+        contenders["ffcv"] = Contender(run=ffcv.run)
+    if (reason := peers.unavailable("spdl")) is None:
+        contenders["spdl"] = Contender(peers.SpdlImageLoader(ImageFolder(root), config.batch_size, config.workers))
+    else:
+        missing["spdl"] = reason
     ceiling = images.ceiling_img_per_s(costs, config.workers)
     epoch_images = len(ImageFolder(root))
     images_per_batch = epoch_images / math.ceil(epoch_images / config.batch_size)  # the last batch is partial
@@ -222,6 +236,15 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
                      f"= {ceiling:.0f} img/s; fastload {fastload_img_s:.0f} img/s = {fastload_img_s / ceiling:.0%} of it")
         if not active.startswith("pillow-simd"):
             lines.append("image: Pillow-SIMD is not installed, so torch's baseline ran on stock Pillow only")
+        if ffcv is not None:
+            lines.append(f"image: ffcv: .beton written in {ffcv.write_seconds:.1f} s (not timed), JPEGs re-encoded "
+                         f"by OpenCV at quality {ffcv.quality}: {ffcv.bytes_per_pixel:.2f} bytes per pixel; "
+                         f"first epoch (numba compiles the pipeline) {ffcv.first_epoch_seconds:.1f} s")
+        if len(missing) < 2:
+            lines += [f"image: peers, {line}" for line in peers.FAIRNESS]
+        if missing:
+            lines.append("image: peers not run (`make peers` installs them): "
+                         + "; ".join(f"{name}: {reason}" for name, reason in missing.items()))
         return lines
 
     return ScenarioSetup(contenders, report, lambda: [close() for close in closers], epoch_samples=epoch_images)
@@ -279,7 +302,7 @@ SCENARIOS: dict[str, Scenario] = {
     "image": Scenario(
         "image",
         f"{GENERATED_IMAGES} JPEG photos (or --data DIR), RandomResizedCrop {IMAGE_SIZE} + flip: "
-        "torch's standard pipeline vs fastload's fused decode vs DALI CPU",
+        "torch's standard pipeline vs fastload's fused decode vs DALI CPU, FFCV and SPDL where installed",
         None,
         _image,
     ),
