@@ -26,7 +26,8 @@ def render(report: dict[str, Any]) -> str:
         START,
         f"Measured on {env['date'][:10]}: {env['cpu']}, {env['cores']} cores, {env['os']}; Python {env['python']}, "
         f"torch {env['torch']}, torchvision {env['torchvision']}, {env['pillow']}, DALI {env['dali']}, "
-        f"spconv {env['spconv']}; {report['workers']} workers, {report['repeats']} interleaved repeats per loader.",
+        f"spconv {env['spconv']}" + "".join(f", {peer} {env[peer]}" for peer in ("ffcv", "spdl") if env.get(peer))
+        + f"; {report['workers']} workers, {report['repeats']} interleaved repeats per loader.",
         "",
         "| scenario | loader | batches/s median (min–max) | vs baseline min / median | CPU ms/sample (vs baseline) | notes |",
         "| --- | --- | ---: | ---: | ---: | --- |",

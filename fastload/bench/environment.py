@@ -45,4 +45,6 @@ def describe_environment() -> dict[str, Any]:
         "pillow": pillow_flavour(),
         "dali": _version("nvidia-dali-cuda130"),
         "spconv": _version("spconv"),
+        "ffcv": _version("ffcv"),
+        "spdl": _version("spdl"),
     }
