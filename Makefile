@@ -1,6 +1,8 @@
 # `make bench`: set up .venv if needed, then compare fastload with torch's DataLoader.
 # `make test`:  set up .venv if needed, then run the whole test suite.
 # `make check`: `make test`, then `make sanitize` (what CI runs).
+# `make peers`: try again to install the image bench's peers, FFCV and SPDL (bench and test
+#   try once on their own).
 # `make sanitize`: build fastload._ext with AddressSanitizer + UBSan (in build/sanitize/,
 #   the in-place build stays) and run the tests that drive it; fails on any report.
 PYTHON ?= python3
