@@ -34,34 +34,45 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard fastload_ext/*)
 	touch $(STAMP)
 
 # The image scenario's peers, FFCV and SPDL (fastload/bench/peers.py). Best effort: when
-# they cannot be installed, the bench and the tests run without them and say why, and
-# `make peers` tries again. FFCV 1.0.2 builds from its sdist against OpenCV 4 and
+# they cannot be installed, the bench and the tests run without them and say why
+# (`python -m fastload.bench.peers` prints each one's state), and `make peers` tries again
+# and fails if one is still missing. FFCV 1.0.2 builds from its sdist against OpenCV 4 and
 # libturbojpeg; SPDL 0.8 loads FFmpeg 5.1's libraries when it first decodes (Debian
-# bookworm's packages below; as root they are installed with apt-get). FFCV's own
-# requirements name opencv-python, the GUI build: FFCV is installed without them and its
-# runtime dependencies are listed here, with the headless OpenCV. numpy is pinned to the
-# version already installed, because numba accepts a range of numpy versions only.
-PEER_DEBS := libopencv-dev libturbojpeg0-dev libavutil57 libavcodec59 libavformat59 libavfilter8 \
-	libavdevice59 libswresample4 libswscale6
-PEER_PIP := terminaltables pytorch-pfn-extras fastargs opencv-python-headless assertpy tqdm psutil numba spdl
+# bookworm's packages below, installed with apt-get as root; each peer's apart, so that
+# one missing package leaves the other peer). FFCV's own requirements name opencv-python,
+# the GUI build: FFCV is installed without them and its runtime dependencies are listed
+# here, with the headless OpenCV. numpy is pinned to the version already installed
+# (numba accepts a range of numpy versions only), torch by constraints.txt.
+PEER_DEBS_FFCV := libopencv-dev libturbojpeg0-dev
+PEER_DEBS_SPDL := libavutil57 libavcodec59 libavformat59 libavfilter8 libavdevice59 libswresample4 libswscale6
+PEER_PIP_FFCV := terminaltables pytorch-pfn-extras fastargs opencv-python-headless assertpy tqdm psutil numba
 PEERS_STAMP := $(VENV)/.fastload-peers
+PIN_NUMPY = "numpy==$$($(PY) -c 'import numpy; print(numpy.__version__)')"
 
 $(PEERS_STAMP): $(STAMP) constraints.txt
-	@missing="$$(command -v dpkg >/dev/null && for p in $(PEER_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
-	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
-	elif [ -n "$$missing" ]; then \
-		echo "fastload set-up: the bench's peers need: apt-get install $$missing" >&2; \
-	fi; \
-	$(PY) -m pip install --quiet -c constraints.txt "numpy==$$($(PY) -c 'import numpy; print(numpy.__version__)')" $(PEER_PIP) \
-		&& $(PY) -m pip install --quiet -c constraints.txt --no-deps ffcv \
-		|| echo "fastload set-up: FFCV or SPDL could not be installed (above); the bench runs without them" >&2
+	@for debs in "$(PEER_DEBS_FFCV)" "$(PEER_DEBS_SPDL)"; do \
+		missing="$$(command -v dpkg >/dev/null && for p in $$debs; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+		if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+			{ apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
+				|| echo "fastload set-up: apt-get install $$missing failed" >&2; \
+		elif [ -n "$$missing" ]; then \
+			echo "fastload set-up: the bench's peers need: apt-get install $$missing" >&2; \
+		fi; \
+	done; \
+	$(PY) -m pip install --quiet -c constraints.txt $(PIN_NUMPY) spdl \
+		|| echo "fastload set-up: SPDL could not be installed (above)" >&2; \
+	{ $(PY) -m pip install --quiet -c constraints.txt $(PIN_NUMPY) $(PEER_PIP_FFCV) \
+		&& $(PY) -m pip install --quiet -c constraints.txt --no-deps ffcv; } \
+		|| echo "fastload set-up: FFCV could not be installed (above)" >&2; \
+	$(PY) -m fastload.bench.peers | sed 's/^/fastload set-up: peer /' >&2
 	touch $@
 
-# Try the peers' installation again (after the system libraries above were installed).
+# Try the peers' installation again (after the system libraries above were installed);
+# fails if a peer is still not usable.
 peers:
 	rm -f $(PEERS_STAMP)
 	$(MAKE) $(PEERS_STAMP)
+	$(PY) -m fastload.bench.peers
 
 bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m fastload.bench $(ARGS)

@@ -105,9 +105,10 @@ def test_image_scenario_on_a_users_folder(tmp_path):
         assert reason is None or f"{peer}: {reason}" in result.stdout
     if "ffcv" in rows:
         assert re.search(r"ffcv: \.beton written in [\d.]+ s \(not timed\), JPEGs re-encoded by OpenCV at quality 94: "
-                         r"0\.\d\d bytes per pixel; first epoch \(numba compiles the pipeline\) [\d.]+ s", result.stdout)
+                         r"0\.\d\d bytes per pixel; first run \(numba compiles the pipeline\) [\d.]+ s", result.stdout)
     if "ffcv" in rows or "spdl" in rows:
         assert all(f"image: peers, {line}" in result.stdout for line in peers.FAIRNESS)
+        assert re.search(r"image: peers, threads: (ffcv \d+|spdl 2|ffcv \d+, spdl 2) \(the others: 2 workers", result.stdout)
 
 
 def test_imagenet_like_images_have_imagenets_bytes_per_pixel_and_chroma(tmp_path):

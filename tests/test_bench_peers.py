@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastload.bench import peers
-from fastload.bench.scenarios import time_run
+from fastload.bench.timing import time_run
 from fastload.image import ImageFolder
 
 #: one solid colour per class: any crop of any image of class c is COLOURS[c]
@@ -65,15 +65,64 @@ def assert_shuffled(epochs: list) -> None:
 
 @needs("ffcv")
 def test_ffcv_contender_gives_every_image_once_with_its_label(colour_folder, tmp_path):
-    loader = peers.FfcvImageLoader(colour_folder, str(tmp_path / "colours.beton"), batch_size=8, workers=2)
-    assert loader.write_seconds > 0 and 0.005 < loader.bytes_per_pixel < 1.0
-    count, first = loader.run(None)
-    assert count == 5 and loader.first_epoch_seconds == first
-    assert loader.run(None)[0] == 5 and loader.first_epoch_seconds == first  # the warm-up is kept
-    epochs = [list(loader.loader) for _ in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # FFCV sets torch's to its own thread count: the contender restores it
+    try:
+        loader = peers.FfcvImageLoader(colour_folder, str(tmp_path / "colours.beton"), batch_size=8, threads=2)
+        assert torch.get_num_threads() == 1 and 0.005 < loader.bytes_per_pixel < 1.0
+        count, first = loader.run(None)
+        assert count == 5 and loader.first_run_seconds == first and torch.get_num_threads() == 1
+        assert loader.run(None)[0] == 5 and loader.first_run_seconds == first  # the warm-up is kept
+    finally:
+        torch.set_num_threads(threads)
+    # FFCV reuses its batch buffers: each batch is copied before the next one is drawn.
+    epochs = [[(images.clone(), labels.clone()) for images, labels in loader.loader] for _ in range(2)]
     for batches in epochs:
         check_epoch(batches, colour_folder, 8)
     assert_shuffled(epochs)
+
+
+@needs("ffcv")
+def test_ffcv_contender_stops_its_thread_when_a_run_ends_early(colour_folder, tmp_path):
+    import threading
+    import time
+
+    loader = peers.FfcvImageLoader(colour_folder, str(tmp_path / "colours.beton"), batch_size=4, threads=2)
+    assert loader.run(2)[0] == 2
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if type(t).__name__ == "EpochIterator"]
+
+    deadline = time.monotonic() + 10
+    while readers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert readers() == []
+
+
+@needs("ffcv")
+def test_ffcv_contender_takes_at_most_numbas_threads(colour_folder, tmp_path):
+    import numba
+
+    loader = peers.FfcvImageLoader(colour_folder, str(tmp_path / "colours.beton"), batch_size=8,
+                                   threads=numba.config.NUMBA_NUM_THREADS + 3)
+    assert loader.threads == numba.config.NUMBA_NUM_THREADS and loader.run(None)[0] == 5
+
+
+@pytest.fixture
+def folder_with_a_bad_file(tmp_path) -> ImageFolder:
+    from fastload.bench.images import make_image_folder
+
+    root = make_image_folder(tmp_path / "photos", 12, classes=2)
+    (root_path := tmp_path / "photos" / "class_01" / "img_000005.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert root_path.exists()
+    return ImageFolder(root)
+
+
+@needs("ffcv")
+def test_ffcv_conversion_names_a_bad_file_instead_of_hanging(folder_with_a_bad_file, tmp_path):
+    with pytest.raises(RuntimeError, match=r"1 image\(s\) could not be read: .*class_01/img_000005\.jpg: "):
+        peers.FfcvImageLoader(folder_with_a_bad_file, str(tmp_path / "bad.beton"), batch_size=4, threads=2)
+    assert not (tmp_path / "bad.beton").exists() and not (tmp_path / "bad.beton.failures").exists()
 
 
 @needs("ffcv")
@@ -81,22 +130,29 @@ def test_ffcv_bytes_per_pixel_is_that_of_the_stored_jpegs(tmp_path):
     from fastload.bench.images import jpeg_statistics, make_image_folder
 
     root = make_image_folder(tmp_path / "photos", 40, imagenet_like=True)
-    loader = peers.FfcvImageLoader(ImageFolder(root), str(tmp_path / "photos.beton"), batch_size=8, workers=2)
+    loader = peers.FfcvImageLoader(ImageFolder(root), str(tmp_path / "photos.beton"), batch_size=8, threads=2)
     folder_bytes_per_pixel, _ = jpeg_statistics(root)
     # Re-encoded at the folder's own quality (94), the stored JPEGs are about as large.
     assert loader.bytes_per_pixel == pytest.approx(folder_bytes_per_pixel, rel=0.15)
-    low = peers.FfcvImageLoader(ImageFolder(root), str(tmp_path / "low.beton"), batch_size=8, workers=2, quality=50)
+    low = peers.FfcvImageLoader(ImageFolder(root), str(tmp_path / "low.beton"), batch_size=8, threads=2, quality=50)
     assert low.bytes_per_pixel < 0.5 * loader.bytes_per_pixel
 
 
 @needs("spdl")
 def test_spdl_contender_gives_every_image_once_with_its_label(colour_folder):
-    loader = peers.SpdlImageLoader(colour_folder, batch_size=8, workers=2)
+    loader = peers.SpdlImageLoader(colour_folder, batch_size=8, threads=2)
     epochs = [list(loader) for _ in range(2)]
     for batches in epochs:
         check_epoch(batches, colour_folder, 8)
     assert_shuffled(epochs)
     assert time_run(loader, 2)[0] == 2
+
+
+@needs("spdl")
+def test_spdl_contender_fails_on_a_bad_file_instead_of_skipping_it(folder_with_a_bad_file):
+    loader = peers.SpdlImageLoader(folder_with_a_bad_file, batch_size=4, threads=2)
+    with pytest.raises(RuntimeError, match=r"^SPDL could not load .*class_01/img_000005\.jpg: "):
+        list(loader)
 
 
 @needs("spdl")
@@ -124,6 +180,17 @@ def test_spdl_crops_and_flips_as_torchvision_draws_them(tmp_path):
         red = image[0, :, 0].float()  # red rises with x: left to right unless flipped
         assert (red[-1] < red[0]) == flip and abs(float(max(red[0], red[-1])) - (left + width - 1)) < 3
         assert abs(float(min(red[0], red[-1])) - left) < 3
+
+
+def test_peers_status_command():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "fastload.bench.peers"], capture_output=True, text=True, timeout=120)
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["ffcv", "spdl"]
+    expected = {peer: peers.unavailable(peer) or "ready" for peer in ("ffcv", "spdl")}
+    assert lines == [f"{peer}: {state}" for peer, state in expected.items()]
+    assert result.returncode == (0 if set(expected.values()) == {"ready"} else 1)
 
 
 def test_unavailable_names_why_a_peer_cannot_run(monkeypatch):

@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batches per timed run (default: per scenario: "
                         + ", ".join(f"{s.name} {s.default_batches or 'one epoch'}" for s in SCENARIOS.values()) + ")")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per loader (default: 5)")
-    parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario")
+    parser.add_argument("--data", metavar="DIR", help="an ImageFolder (class subfolders of images) for the image scenario; where FFCV "
+                        "is installed, it is first converted to an FFCV file about as large, in the temporary directory")
     parser.add_argument("--scans", metavar="DIR", help="a folder of lidar scans (.bin, .pcd, .ply) for the lidar scenario")
     parser.add_argument("--index-items", type=int, default=IMAGENET_TRAIN_ITEMS, metavar="N",
                         help=f"startup: paths in the dataset's index (default: {IMAGENET_TRAIN_ITEMS:,}, ImageNet's)")

@@ -9,7 +9,8 @@ import sys
 
 from fastload.image import pillow_flavour
 
-from .scenarios import LOADERS, time_run
+from .scenarios import LOADERS
+from .timing import time_run
 
 
 def main() -> None:

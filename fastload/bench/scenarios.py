@@ -9,11 +9,9 @@ measured in the ``overhead`` scenario (``fastload`` vs ``fastload+telemetry``).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +21,8 @@ import torch.utils.data as tud
 
 import fastload
 from fastload.text import TokenSequences, padding_fraction
+
+from .timing import time_run
 
 
 class PreDecodedImages(tud.Dataset):
@@ -54,15 +54,6 @@ def lognormal_corpus(sequences: int, median_length: int = 100, max_length: int =
     offsets = np.zeros(sequences + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return TokenSequences(rng.integers(1, 32000, size=int(offsets[-1]), dtype=np.int32), offsets)
-
-
-def time_run(loader: Iterable[Any], batches: int | None) -> tuple[int, float]:
-    """(batches yielded, seconds) for up to ``batches`` batches of ``loader`` (None: an epoch)."""
-    start = time.perf_counter()
-    count = 0
-    for _batch in itertools.islice(loader, batches):
-        count += 1
-    return count, time.perf_counter() - start
 
 
 @dataclass
@@ -203,12 +194,14 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
         contenders[f"torch ({remote.pillow})"] = Contender(run=remote.run)
     contenders[f"torch ({active})"] = Contender(torch_image_loader(**kwargs))
     contenders["fastload"] = Contender(fastload_image_loader(**kwargs))
-    # FFCV first: its converter forks, before DALI's threads exist.
+    # FFCV first: its converter forks, before DALI's threads exist. The peers use threads,
+    # as many as the others' workers, and at least one (--workers 0).
+    peer_threads = max(1, config.workers)
     missing: dict[str, str] = {}
     ffcv = None
     if (reason := peers.unavailable("ffcv")) is None:
         ffcv = peers.FfcvImageLoader(ImageFolder(root), os.path.join(config.scratch, "images.beton"),
-                                     config.batch_size, config.workers)
+                                     config.batch_size, peer_threads)
     else:
         missing["ffcv"] = reason
     if dali_available():
@@ -217,7 +210,7 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
     if ffcv is not None:
         contenders["ffcv"] = Contender(run=ffcv.run)
     if (reason := peers.unavailable("spdl")) is None:
-        contenders["spdl"] = Contender(peers.SpdlImageLoader(ImageFolder(root), config.batch_size, config.workers))
+        contenders["spdl"] = Contender(peers.SpdlImageLoader(ImageFolder(root), config.batch_size, peer_threads))
     else:
         missing["spdl"] = reason
     ceiling = images.ceiling_img_per_s(costs, config.workers)
@@ -239,8 +232,12 @@ def _image(config: BenchConfig, batches: int | None) -> ScenarioSetup:
         if ffcv is not None:
             lines.append(f"image: ffcv: .beton written in {ffcv.write_seconds:.1f} s (not timed), JPEGs re-encoded "
                          f"by OpenCV at quality {ffcv.quality}: {ffcv.bytes_per_pixel:.2f} bytes per pixel; "
-                         f"first epoch (numba compiles the pipeline) {ffcv.first_epoch_seconds:.1f} s")
+                         f"first run (numba compiles the pipeline) {ffcv.first_run_seconds:.1f} s")
         if len(missing) < 2:
+            ran = {"ffcv": ffcv.threads if ffcv is not None else None,
+                   "spdl": peer_threads if "spdl" not in missing else None}
+            lines.append("image: peers, threads: " + ", ".join(f"{name} {n}" for name, n in ran.items() if n is not None)
+                         + f" (the others: {config.workers} workers; FFCV at most the CPU count, numba's limit)")
             lines += [f"image: peers, {line}" for line in peers.FAIRNESS]
         if missing:
             lines.append("image: peers not run (`make peers` installs them): "
