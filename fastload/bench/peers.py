@@ -6,9 +6,9 @@ per epoch in a random order, the last batch kept, ``RandomResizedCrop(224)`` wit
 torchvision's scale and ratio ranges, a horizontal flip with p = 0.5, ``uint8`` batches of
 ``(N, 3, 224, 224)`` and int64 labels — with as many threads as the others have workers
 (at least one; FFCV at most the CPU count, numba's limit), and otherwise its own
-recommended recipe. What still differs is
-printed under the table (:data:`FAIRNESS`), because a throughput number means little
-without it.
+recommended recipe. What still differs is printed under the table (:data:`FAIRNESS`),
+because a throughput number means little without it. ``python -m fastload.bench.peers``
+says whether each peer can run here.
 """
 
 from __future__ import annotations
@@ -136,12 +136,15 @@ class FfcvImageLoader:
         fields = {"image": RGBImageField(write_mode="jpg", jpeg_quality=quality), "label": IntField()}
         failures = path + ".failures"
         open(failures, "w").close()
-        # The writer's progress bars would interleave with the bench's.
-        with self._torch_threads_kept(), contextlib.redirect_stderr(io.StringIO()):
-            DatasetWriter(path, fields, num_workers=self.threads).from_indexed_dataset(_DecodedImages(folder, failures))
-        with open(failures) as f:
-            failed = f.read().splitlines()
-        os.remove(failures)
+        try:
+            # The writer's progress bars would interleave with the bench's.
+            with self._torch_threads_kept(), contextlib.redirect_stderr(io.StringIO()):
+                writer = DatasetWriter(path, fields, num_workers=self.threads)
+                writer.from_indexed_dataset(_DecodedImages(folder, failures))
+            with open(failures) as f:
+                failed = f.read().splitlines()
+        finally:
+            os.remove(failures)
         if failed:
             os.remove(path)
             raise RuntimeError(f"FFCV's conversion of {folder.root}: {len(failed)} image(s) could not be read: "
