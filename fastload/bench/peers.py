@@ -92,12 +92,12 @@ class _DecodedImages:
         return len(self.folder)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        from PIL import Image
+        from fastload.image import decoders
 
         try:
-            with Image.open(io.BytesIO(self.folder.read(index))) as image:
-                return np.asarray(image.convert("RGB")), self.targets[index]
-        except Exception as exc:  # anything Pillow raises for a bad file
+            image = decoders.decode(self.folder.read(index), "pillow")  # (3, H, W), size-checked
+            return np.ascontiguousarray(image.permute(1, 2, 0).numpy()), self.targets[index]
+        except Exception as exc:  # ImageDecodeError, or anything else a bad file raises
             with open(self.failures, "a") as f:
                 f.write(f"{self.folder.path(index)}: {type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
             return np.zeros((1, 1, 3), dtype=np.uint8), self.targets[index]
